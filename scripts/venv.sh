@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Creates (or reuses) the virtual environment at .venv in the repo root,
+# installs the pinned requirements, and builds dgsnet._C in place.
+# Re-running is cheap: each step is skipped while its inputs are unchanged.
+#   DGSNET_BUILD=auto|cpu|cuda   which extension to build (see setup.py)
+#   DGSNET_GPU_EXTRAS=1          also install requirements-gpu.txt
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=.venv
+
+if ! "$VENV/bin/python" -c "import sys; assert sys.version_info >= (3, 10)" 2>/dev/null; then
+  echo "[venv] creating $VENV with $($PY --version)"
+  rm -rf "$VENV"
+  "$PY" -m venv "$VENV"
+fi
+
+stamp() { cat "$@" | sha256sum | cut -d' ' -f1; }
+
+reqs=(requirements.txt)
+[ "${DGSNET_GPU_EXTRAS:-0}" = 1 ] && reqs+=(requirements-gpu.txt)
+want=$(stamp "${reqs[@]}")
+if [ "$(cat "$VENV/.requirements.sha" 2>/dev/null)" != "$want" ] || \
+   ! "$VENV/bin/python" -c "import torch, open_clip, onnxruntime" 2>/dev/null; then
+  echo "[venv] installing ${reqs[*]}"
+  args=(); for r in "${reqs[@]}"; do args+=(-r "$r"); done
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${args[@]}"
+  echo "$want" > "$VENV/.requirements.sha"
+fi
+
+# The extension is rebuilt when its sources, setup.py or the build mode change.
+want=$(stamp setup.py $(find csrc -type f | sort); echo "${DGSNET_BUILD:-auto}")
+if [ "$(cat "$VENV/.extension.sha" 2>/dev/null)" != "$want" ] || \
+   ! "$VENV/bin/python" -c "import dgsnet._C" 2>/dev/null; then
+  echo "[venv] building dgsnet._C (DGSNET_BUILD=${DGSNET_BUILD:-auto})"
+  MAX_JOBS=${MAX_JOBS:-2} "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    --no-build-isolation --no-deps -e .
+  echo "$want" > "$VENV/.extension.sha"
+fi
+echo "[venv] ready: $("$VENV/bin/python" -c 'import torch, dgsnet, dgsnet._ext as e; print(f"dgsnet {dgsnet.__version__}, torch {torch.__version__}, extension built with CUDA: {e.cuda_compiled()}")')"
