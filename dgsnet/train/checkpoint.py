@@ -1,0 +1,160 @@
+"""Checkpoints: safetensors + a JSON sidecar, written atomically; strict, explained loading.
+
+A run directory holds
+  model.safetensors + model.json     the finished stage (LoRA tensors and heads)
+  resume/                            the latest resumable state: model, optimiser,
+                                     scheduler, RNG, step and data position
+No pickles anywhere: checkpoints from strangers are safe to open.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import torch
+from safetensors.torch import load_file, save
+
+from dgsnet.io import atomic_write
+from dgsnet.version import __version__
+
+MODEL_FILE, META_FILE, RESUME_DIR = "model.safetensors", "model.json", "resume"
+FORMAT = "dgsnet-checkpoint/1"
+
+
+def model_metadata(model, stage: int, config: dict, step: int) -> dict:
+    return {
+        "format": FORMAT,
+        "dgsnet_version": __version__,
+        "stage": stage,
+        "step": step,
+        "backbone": {**model.spec.to_dict(), "visual_fingerprint": model.visual_fingerprint,
+                     "text_fingerprint": model.text_fingerprint, "embed_dim": model.dim},
+        "lora": model.lora_config.to_dict(),
+        "heads": ["student_head", "teacher_head", "text_head"],
+        "norm": config.get("norm", "imagenet"),
+        "config": config,
+    }
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def write_model(directory: str, model, stage: int, config: dict, step: int) -> None:
+    os.makedirs(directory, exist_ok=True)
+    atomic_write(os.path.join(directory, MODEL_FILE), save(_contiguous(model.trained_state_dict())))
+    meta = model_metadata(model, stage, config, step)
+    atomic_write(os.path.join(directory, META_FILE), json.dumps(meta, indent=2))
+
+
+def read_metadata(directory: str) -> dict:
+    path = os.path.join(directory, META_FILE)
+    if not os.path.isfile(path):
+        hint = " (this looks like a run that has not finished; use --resume)" if os.path.isdir(
+            os.path.join(directory, RESUME_DIR)) else ""
+        raise FileNotFoundError(f"{path} not found: {directory} is not a dgsnet checkpoint directory{hint}")
+    with open(path) as fh:
+        meta = json.load(fh)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}; "
+                         "re-export it with this dgsnet version")
+    return meta
+
+
+def read_model_tensors(directory: str) -> dict[str, torch.Tensor]:
+    path = os.path.join(directory, MODEL_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found next to {META_FILE}; the checkpoint is incomplete")
+    return load_file(path)
+
+
+def check_backbone(meta: dict, model, source: str) -> None:
+    """Refuses weights trained on another backbone, with what differs and the fix."""
+    got = meta["backbone"]
+    want = {**model.spec.to_dict(), "visual_fingerprint": model.visual_fingerprint}
+    diffs = [f"{k}: checkpoint {got.get(k)!r} vs this run {want[k]!r}"
+             for k in ("model", "pretrained", "visual_fingerprint") if got.get(k) != want[k]]
+    if diffs:
+        raise ValueError(f"{source} was trained on another backbone ({'; '.join(diffs)}). "
+                         f"Use a checkpoint trained with --model {model.spec.model} --pretrained "
+                         f"{model.spec.pretrained}, or train one with `dgsnet train-teacher`.")
+
+
+# -- resumable training state ---------------------------------------------------------------
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, scalars = {}, {}
+    for idx, per_param in state["state"].items():
+        for name, value in per_param.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{name}"] = value
+            else:
+                scalars[f"{idx}.{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in [*tensors.items(), *meta["scalars"].items()]:
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def write_resume(run_dir: str, model, optimizer, scheduler, stage: int, config: dict,
+                 position: dict) -> None:
+    """Writes resume/ as a whole: into a temporary directory, then swapped in by renames."""
+    final = os.path.join(run_dir, RESUME_DIR)
+    tmp, old = final + ".tmp", final + ".old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_model(tmp, model, stage, config, position["step"])
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    rng = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng.update({f"torch_cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    atomic_write(os.path.join(tmp, "optimizer.safetensors"), save(_contiguous({**opt_tensors, **{
+        f"rng.{k}": v for k, v in rng.items()}})))
+    state = {"stage": stage, "position": position, "optimizer": opt_meta,
+             "scheduler": scheduler.state_dict() if scheduler is not None else None}
+    atomic_write(os.path.join(tmp, "state.json"), json.dumps(state, indent=2, default=float))
+    if os.path.isdir(final):
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_resume(run_dir: str) -> str | None:
+    """The newest complete resume state (resume/, or resume.old if a swap was interrupted)."""
+    for name in (RESUME_DIR, RESUME_DIR + ".old"):
+        path = os.path.join(run_dir, name)
+        if os.path.isfile(os.path.join(path, "state.json")):
+            return path
+    return None
+
+
+def remove_resume(run_dir: str) -> None:
+    """Drops the resume state once the finished model is written (it is superseded)."""
+    for name in (RESUME_DIR, RESUME_DIR + ".old", RESUME_DIR + ".tmp"):
+        shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
+
+
+def read_resume(path: str) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    """(metadata, model tensors, optimizer state dict, training state) of a resume directory."""
+    meta = read_metadata(path)
+    with open(os.path.join(path, "state.json")) as fh:
+        state = json.load(fh)
+    blob = load_file(os.path.join(path, "optimizer.safetensors"))
+    rng = {k[4:]: v for k, v in blob.items() if k.startswith("rng.")}
+    opt = _unflatten_optimizer({k: v for k, v in blob.items() if not k.startswith("rng.")},
+                               state["optimizer"])
+    state["rng"] = rng
+    return meta, read_model_tensors(path), opt, state
+
+
+def restore_rng(rng: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(rng["torch_cpu"])
+    cuda = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])

@@ -1,0 +1,148 @@
+"""Run configuration: defaults < YAML file < command-line flags, saved resolved beside the run."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field, fields
+
+import yaml
+
+from dgsnet.models import BackboneSpec, LoRAConfig
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str | None = None  # dataset root ({0_real,1_fake} or <class>/{0_real,1_fake})
+    captions: str | None = None  # JSON path -> caption; default <data>/captions.json when present
+    norm: str = "imagenet"  # input normalisation: imagenet (published) or clip
+    flip_prob: float = 0.5
+    blur_prob: float = 0.0
+    jpeg_prob: float = 0.0
+    resize_prob: float = 0.0
+    workers: int = 2
+    strict_data: bool = False  # a bad image is an error instead of being skipped
+    # backbone and LoRA (published: ViT-L/14 OpenAI weights, r=6, alpha=6, dropout 0.8, q/k/v of all blocks)
+    model: str = "ViT-L-14"
+    pretrained: str | None = "openai"
+    init_seed: int = 0
+    lora_rank: int = 6
+    lora_alpha: float = 6.0
+    lora_dropout: float = 0.8
+    lora_targets: list[str] = field(default_factory=lambda: ["q", "k", "v"])
+    lora_blocks: str = "all"  # "all" or comma-separated indices, e.g. "-4,-3,-2,-1"
+    # optimisation (published: Adam, lr 1e-4, betas (0.9, 0.999), batch 32, 3 + 1 epochs)
+    batch_size: int = 32
+    accum: int = 1  # gradient accumulation steps per optimiser step
+    lr: float = 1e-4
+    teacher_lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # constant or cosine
+    warmup_steps: int = 0
+    teacher_epochs: int = 3
+    epochs: int = 1
+    max_steps: int | None = None  # stop after this many optimiser steps (smoke runs)
+    # DGS-Net objective
+    surgery: str = "feature"  # none, feature, layer, both
+    variant: str = "published"  # published or paper
+    lam: float = 0.2
+    eps: float = 1e-6
+    backend: str = "auto"  # reference, cpp, cuda, triton, auto
+    layer_refresh: int = 1  # layer surgery: recompute the parameter-space directions every k steps
+    # runtime
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    amp: str = "auto"  # auto (bf16 on GPU, off on CPU), bf16, fp16, off
+    compile: bool = False
+    seed: int = 0
+    # outputs
+    out: str = "runs/dgsnet"
+    teacher: str | None = None  # stage-1 run directory (for stage 2)
+    log_every: int = 10
+    ckpt_every: int = 100  # optimiser steps between resumable checkpoints
+    tensorboard: bool = False
+    caption_cache: str | None = None  # safetensors file reused across runs; default <out>/caption_cache.safetensors
+
+    def __post_init__(self):
+        choices = {"norm": ("imagenet", "clip"), "schedule": ("constant", "cosine"),
+                   "surgery": ("none", "feature", "layer", "both"), "variant": ("published", "paper"),
+                   "amp": ("auto", "bf16", "fp16", "off"),
+                   "backend": ("reference", "cpp", "cuda", "triton", "auto")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}")
+        for name in ("batch_size", "accum", "log_every", "ckpt_every", "layer_refresh"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.pretrained in ("", "none", "None"):
+            self.pretrained = None
+
+    def backbone(self) -> BackboneSpec:
+        return BackboneSpec(model=self.model, pretrained=self.pretrained, init_seed=self.init_seed)
+
+    def lora(self) -> LoRAConfig:
+        blocks = "all" if str(self.lora_blocks) == "all" else [int(b) for b in str(self.lora_blocks).split(",")]
+        return LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout,
+                          targets=tuple(self.lora_targets), blocks=blocks)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str) -> None:
+        from dgsnet.io import atomic_write
+
+        atomic_write(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "config") -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown keys {unknown}; valid keys are the `dgsnet train --help` flags")
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str) -> TrainConfig:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"config file {path} does not exist")
+        with open(path) as fh:
+            values = yaml.safe_load(fh) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: a config file must be a YAML mapping of keys to values")
+        return cls.from_dict(values, source=path)
+
+
+def _field_type(f: dataclasses.Field):
+    hint = typing.get_type_hints(TrainConfig)[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per config field (--lr, --lora-rank, ...); unset flags keep file/default values."""
+    parser.add_argument("--config", help="YAML file of config keys (flags override it)")
+    for f in fields(TrainConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = _field_type(f)
+        origin = typing.get_origin(kind)
+        if kind is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        elif origin is list:
+            inner = typing.get_args(kind)[0]
+            parser.add_argument(flag, dest=f.name, nargs="+", type=inner, default=None)
+        else:
+            parser.add_argument(flag, dest=f.name, type=kind if kind in (int, float) else str, default=None)
+
+
+def config_from_args(args: argparse.Namespace, **fixed) -> TrainConfig:
+    base = TrainConfig.load(args.config).to_dict() if getattr(args, "config", None) else {}
+    for f in fields(TrainConfig):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            base[f.name] = value
+    base.update(fixed)
+    return TrainConfig.from_dict(base)

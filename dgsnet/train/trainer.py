@@ -1,0 +1,361 @@
+"""The two DGS-Net training stages.
+
+Stage 1 (`train_teacher`): fit teacher_head on frozen CLIP image features.
+Stage 2 (`train_dgs`): LoRA fine-tuning through dgsnet.surgery.dgs_objective,
+with the stage-1 teacher head frozen and caption features from a cache.
+Both resume from their run directory's last checkpoint and end exactly where
+an uninterrupted run ends (same weights, same data order).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from dgsnet.models import CaptionFeatureCache, DGSNetModel
+from dgsnet.surgery import dgs_objective
+from dgsnet.train import checkpoint as ckpt
+from dgsnet.train.config import TrainConfig
+from dgsnet.train.logger import RunLogger, memory_mb
+from dgsnet.train.sampler import EpochBatchSampler
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    return device
+
+
+def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[cfg.amp]
+
+
+def collate(samples: list) -> tuple | None:
+    """Stacks (image, label, caption, path) samples; drops None (an unreadable image was skipped)."""
+    samples = [s for s in samples if s is not None]
+    if not samples:
+        return None
+    images, labels, captions, paths = zip(*samples)
+    return torch.stack(images), torch.as_tensor(labels, dtype=torch.float32), list(captions), list(paths)
+
+
+def build_dataset(cfg: TrainConfig, train: bool = True) -> Dataset:
+    if not cfg.data:
+        raise ValueError("no dataset: pass --data ROOT (a folder with 0_real/ and 1_fake/, "
+                         "or <class>/0_real and <class>/1_fake)")
+    from dgsnet.data import build_train_dataset
+
+    return build_train_dataset(cfg, train=train)
+
+
+def _lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "cosine":
+            progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+    return factor
+
+
+class StageTrainer:
+    """One training stage over a dataset: the loop, checkpoints, resume and logs."""
+
+    def __init__(self, cfg: TrainConfig, stage: int, model: DGSNetModel, dataset: Dataset,
+                 rank: int = 0, world: int = 1):
+        self.cfg, self.stage, self.model, self.dataset = cfg, stage, model, dataset
+        self.rank, self.world = rank, world
+        self.device = resolve_device(cfg.device)
+        self.amp = amp_dtype(cfg, self.device)
+        self.run_dir = cfg.out
+        self.log = RunLogger(self.run_dir, enabled=rank == 0, tensorboard=cfg.tensorboard)
+        model.to(self.device)
+        model.set_stage(stage)
+        self.params = model.stage_parameters(stage)
+        lr = cfg.teacher_lr if stage == 1 else cfg.lr
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=tuple(cfg.betas),
+                                          weight_decay=cfg.weight_decay)
+        self.epochs = cfg.teacher_epochs if stage == 1 else cfg.epochs
+        self.batches_per_epoch = EpochBatchSampler(len(dataset), cfg.batch_size, cfg.seed, 0,
+                                                   rank=rank, world=world).batches_per_epoch()
+        steps = self.epochs * math.ceil(self.batches_per_epoch / cfg.accum)
+        self.total_steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg, self.total_steps))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.caption_cache = None
+        self.encoder = model.visual
+        if cfg.compile:
+            self.encoder.compile()
+
+    # -- resume -----------------------------------------------------------------------------
+    def resume(self) -> bool:
+        path = ckpt.find_resume(self.run_dir)
+        if path is None:
+            return False
+        meta, tensors, opt_state, state = ckpt.read_resume(path)
+        if state["stage"] != self.stage:
+            raise ValueError(f"{path} holds a stage-{state['stage']} run, not stage {self.stage}; "
+                             "resume it with the matching command or pick another --out")
+        ckpt.check_backbone(meta, self.model, path)
+        self.model.load_trained_state_dict(tensors, source=path)
+        self.optimizer.load_state_dict(opt_state)
+        if state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        ckpt.restore_rng(state["rng"])
+        pos = state["position"]
+        self.step, self.epoch, self.batch_in_epoch = pos["step"], pos["epoch"], pos["batch"]
+        self.log.info(f"resumed stage {self.stage} from {path}: step {self.step}, epoch {self.epoch}, "
+                      f"batch {self.batch_in_epoch}")
+        return True
+
+    def _save_resume(self) -> None:
+        if self.rank != 0:
+            return
+        ckpt.write_resume(self.run_dir, self.model, self.optimizer, self.scheduler, self.stage,
+                          self.cfg.to_dict(), {"step": self.step, "epoch": self.epoch,
+                                               "batch": self.batch_in_epoch})
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _loader(self) -> DataLoader:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.epoch)
+        sampler = EpochBatchSampler(len(self.dataset), self.cfg.batch_size, self.cfg.seed, self.epoch,
+                                    start_batch=self.batch_in_epoch, rank=self.rank, world=self.world)
+        # The loader's own generator keeps it off the global RNG (LoRA dropout's), which a
+        # resumed run restores: a fresh loader must not shift it.
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.epoch)
+        return DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.cfg.workers,
+                          collate_fn=getattr(self.dataset, "collate", collate),
+                          pin_memory=self.device.type == "cuda", generator=gen,
+                          persistent_workers=False)
+
+    def _autocast(self):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+    def loss(self, images, labels, captions) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.stage == 1:
+            with self._autocast():
+                feats = self.model.teacher_features(images)
+            logits = self.model.teacher_head(feats.float()).squeeze(-1)
+            loss = F.binary_cross_entropy_with_logits(logits, labels)
+            return loss, {"teacher": loss.detach()}
+        text = self.caption_cache.features(captions, self.device)
+        with self._autocast():
+            student = self.encoder(images)
+            teacher = self.model.teacher_features(images)
+        out = dgs_objective(student, teacher.to(student.dtype), text.to(student.dtype), labels,
+                            self.model.student_head, self.model.teacher_head, self.model.text_head,
+                            lam=self.cfg.lam, eps=self.cfg.eps, mode=self.cfg.surgery,
+                            variant=self.cfg.variant, backend=self.cfg.backend, check_labels=False)
+        terms = {k: getattr(out, k).detach() for k in ("total", "img", "text", "align", "teacher")}
+        return out.total, terms
+
+    def _optimizer_step(self, micro: int) -> None:
+        if micro != self.cfg.accum:  # a short accumulation at the end of an epoch
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.mul_(self.cfg.accum / micro)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+
+    def _check_finite(self, loss: torch.Tensor, terms: dict, paths: list[str]) -> None:
+        if bool(torch.isfinite(loss)):
+            return
+        values = {k: float(v) for k, v in terms.items()}
+        last = ckpt.find_resume(self.run_dir)
+        raise NonFiniteLossError(
+            f"stage {self.stage}: the loss is {float(loss.detach())} at step {self.step} (terms {values}; batch "
+            f"starts with {paths[:3]}). Lower --lr, try --amp off, or check these images. "
+            f"Last good checkpoint: {last or 'none yet'} (resume with --resume).")
+
+    def fit(self) -> None:
+        cfg = self.cfg
+        stage_name = "teacher probe" if self.stage == 1 else f"DGS ({cfg.surgery})"
+        if self.stage == 2:
+            self._prepare_captions()
+        counts = self.model.parameter_report()
+        self.log.info(f"stage {self.stage} ({stage_name}): {len(self.dataset)} images, {self.epochs} "
+                      f"epoch(s), {self.total_steps} steps, trainable {sum(p.numel() for p in self.params):,} "
+                      f"of {counts['total']:,} parameters, device {self.device}, amp {self.amp}")
+        self.log.record("start", stage=self.stage, total_steps=self.total_steps, params=counts,
+                        config=cfg.to_dict())
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"stage {self.stage}",
+                   disable=self.rank != 0, dynamic_ncols=True)
+        window, window_images, window_start = {}, 0, time.perf_counter()
+        done = self.step >= self.total_steps
+        while not done and self.epoch < self.epochs:
+            micro = 0
+            self.model.train()
+            for batch in self._loader():
+                self.batch_in_epoch += 1
+                if batch is None:
+                    continue
+                images, labels, captions, paths = batch
+                images = images.to(self.device, non_blocking=True)
+                labels = labels.to(self.device, non_blocking=True)
+                loss, terms = self.loss(images, labels, captions)
+                self._check_finite(loss, terms, paths)
+                self.scaler.scale(loss / cfg.accum).backward()
+                micro += 1
+                for k, v in terms.items():
+                    window[k] = window.get(k, 0.0) + float(v)
+                window["_n"] = window.get("_n", 0) + 1
+                window_images += images.shape[0] * self.world
+                if micro < cfg.accum:
+                    continue
+                self._optimizer_step(micro)
+                micro = 0
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    window, window_images, window_start = self._log_window(
+                        window, window_images, window_start, bar)
+                if self.step % cfg.ckpt_every == 0 and self.step < self.total_steps:
+                    self._save_resume()
+                if self.step >= self.total_steps:
+                    done = True
+                    break
+            if not done:
+                if micro:
+                    self._optimizer_step(micro)
+                    bar.update(1)
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                done = self.step >= self.total_steps
+                if not done:
+                    self._save_resume()
+        bar.close()
+        if self.caption_cache is not None and self.rank == 0:
+            self.caption_cache.save()
+
+    def _log_window(self, window, images, start, bar):
+        seconds = time.perf_counter() - start
+        micro_batches = window.pop("_n")
+        means = {k: v / micro_batches for k, v in window.items()}
+        record = {"stage": self.stage, "step": self.step, "epoch": self.epoch,
+                  "lr": self.scheduler.get_last_lr()[0], **{f"loss_{k}": v for k, v in means.items()},
+                  "images_per_s": images / max(seconds, 1e-9), "memory_mb": memory_mb(self.device)}
+        self.log.record("train", **record)
+        bar.set_postfix({k: f"{v:.4f}" for k, v in means.items() if k in ("total", "teacher", "img")})
+        return {}, 0, time.perf_counter()
+
+    def _prepare_captions(self) -> None:
+        model = self.model
+        path = self.cfg.caption_cache or os.path.join(self.run_dir, "caption_cache.safetensors")
+        key = f"{model.spec.model}|{model.spec.pretrained}|{model.text_fingerprint}"
+        self.caption_cache = CaptionFeatureCache(model.encode_captions, key=key, path=path)
+        captions = getattr(self.dataset, "captions", None)
+        if captions is not None:  # encode every distinct caption once, up front
+            distinct = sorted(set(captions))
+            self.log.info(f"caption features: {len(distinct)} distinct captions "
+                          f"({len(self.caption_cache)} cached)")
+            self.caption_cache.add(distinct)
+
+
+def _finished(cfg: TrainConfig) -> bool:
+    return os.path.isfile(os.path.join(cfg.out, ckpt.META_FILE))
+
+
+def _load_finished(cfg: TrainConfig, stage: int) -> DGSNetModel:
+    meta = ckpt.read_metadata(cfg.out)
+    if meta["stage"] != stage:
+        raise ValueError(f"{cfg.out} holds a finished stage-{meta['stage']} run, not stage {stage}")
+    model = DGSNetModel(cfg.backbone(), cfg.lora())
+    ckpt.check_backbone(meta, model, cfg.out)
+    model.load_trained_state_dict(ckpt.read_model_tensors(cfg.out), source=cfg.out)
+    print(f"{cfg.out} is already finished (stage {stage}, step {meta['step']}); nothing to resume",
+          flush=True)
+    return model
+
+
+def _prepare_run_dir(cfg: TrainConfig, resume: bool) -> None:
+    if _finished(cfg) and not resume:
+        raise FileExistsError(f"{cfg.out} already holds a finished run ({ckpt.META_FILE}); "
+                              "choose another --out (nothing was overwritten)")
+    if not resume and ckpt.find_resume(cfg.out):
+        raise FileExistsError(f"{cfg.out} holds an unfinished run; continue it with --resume "
+                              "or choose another --out")
+    os.makedirs(cfg.out, exist_ok=True)
+
+
+def train_teacher(cfg: TrainConfig, dataset: Dataset | None = None, resume: bool = False,
+                  rank: int = 0, world: int = 1) -> DGSNetModel:
+    """Stage 1: the teacher probe. Writes <out>/model.safetensors + model.json."""
+    if resume and _finished(cfg):
+        return _load_finished(cfg, 1)
+    if rank == 0:
+        _prepare_run_dir(cfg, resume)
+        cfg.save(os.path.join(cfg.out, "config.yaml"))
+    torch.manual_seed(cfg.seed)
+    model = DGSNetModel(cfg.backbone(), cfg.lora())
+    dataset = dataset if dataset is not None else build_dataset(cfg)
+    trainer = StageTrainer(cfg, 1, model, dataset, rank, world)
+    if resume and not trainer.resume():
+        trainer.log.info(f"--resume: no checkpoint in {cfg.out}; starting from the beginning")
+    trainer.fit()
+    if rank == 0:
+        ckpt.write_model(cfg.out, model, 1, cfg.to_dict(), trainer.step)
+        ckpt.remove_resume(cfg.out)
+        trainer.log.info(f"stage 1 done: teacher head written to {cfg.out}")
+    trainer.log.close()
+    return model
+
+
+def load_teacher_head(model: DGSNetModel, teacher_dir: str) -> dict:
+    meta = ckpt.read_metadata(teacher_dir)
+    if meta["stage"] != 1:
+        raise ValueError(f"{teacher_dir} is a stage-{meta['stage']} checkpoint; --teacher wants the "
+                         "output directory of `dgsnet train-teacher`")
+    ckpt.check_backbone(meta, model, teacher_dir)
+    model.load_trained_state_dict(ckpt.read_model_tensors(teacher_dir), only=("teacher_head.",),
+                                  source=teacher_dir)
+    return meta
+
+
+def train_dgs(cfg: TrainConfig, dataset: Dataset | None = None, resume: bool = False,
+              rank: int = 0, world: int = 1) -> DGSNetModel:
+    """Stage 2: DGS-Net fine-tuning. Writes <out>/model.safetensors + model.json."""
+    if not cfg.teacher:
+        raise ValueError("stage 2 needs the stage-1 teacher: pass --teacher RUN_DIR "
+                         "(the --out of `dgsnet train-teacher`)")
+    if resume and _finished(cfg):
+        return _load_finished(cfg, 2)
+    if rank == 0:
+        _prepare_run_dir(cfg, resume)
+        cfg.save(os.path.join(cfg.out, "config.yaml"))
+    torch.manual_seed(cfg.seed)
+    model = DGSNetModel(cfg.backbone(), cfg.lora())
+    load_teacher_head(model, cfg.teacher)
+    dataset = dataset if dataset is not None else build_dataset(cfg)
+    trainer = StageTrainer(cfg, 2, model, dataset, rank, world)
+    if resume and not trainer.resume():
+        trainer.log.info(f"--resume: no checkpoint in {cfg.out}; starting from the beginning")
+    trainer.fit()
+    if rank == 0:
+        ckpt.write_model(cfg.out, model, 2, cfg.to_dict(), trainer.step)
+        ckpt.remove_resume(cfg.out)
+        trainer.log.info(f"stage 2 done: detector written to {cfg.out}")
+    trainer.log.close()
+    return model
