@@ -17,8 +17,28 @@ def _cmd_check(args) -> int:
     return 0 if ok else 1
 
 
+def _cmd_train(args, stage: int) -> int:
+    from dgsnet.train import train_dgs, train_teacher
+    from dgsnet.train.config import config_from_args
+
+    cfg = config_from_args(args)
+    (train_teacher if stage == 1 else train_dgs)(cfg, resume=args.resume)
+    return 0
+
+
+def _add_train_parser(sub, name: str, stage: int, help_text: str) -> None:
+    from dgsnet.train.config import add_config_arguments
+
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    add_config_arguments(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint")
+    p.set_defaults(func=lambda a: _cmd_train(a, stage))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dgsnet", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="one DGS-Net step end to end on a tiny random open_clip model")
     check.add_argument("--model", default="dgs-tiny")
@@ -26,12 +46,23 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--backend", default="auto")
     check.add_argument("--seed", type=int, default=0)
     check.set_defaults(func=_cmd_check)
+    _add_train_parser(sub, "train-teacher", 1,
+                      "stage 1: train the teacher probe (teacher_head) on frozen CLIP features")
+    _add_train_parser(sub, "train", 2,
+                      "stage 2: DGS-Net LoRA fine-tuning with gradient surgery (needs --teacher)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+        # Expected failures (bad input, wrong checkpoint, NaN loss) end with one clear line.
+        if getattr(args, "debug", False):
+            raise
+        print(f"dgsnet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

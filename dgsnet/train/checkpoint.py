@@ -103,7 +103,7 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 def write_resume(run_dir: str, model, optimizer, scheduler, stage: int, config: dict,
-                 position: dict) -> None:
+                 position: dict, extra: dict[str, torch.Tensor] | None = None) -> None:
     """Writes resume/ as a whole: into a temporary directory, then swapped in by renames."""
     final = os.path.join(run_dir, RESUME_DIR)
     tmp, old = final + ".tmp", final + ".old"
@@ -113,8 +113,9 @@ def write_resume(run_dir: str, model, optimizer, scheduler, stage: int, config: 
     rng = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng.update({f"torch_cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    atomic_write(os.path.join(tmp, "optimizer.safetensors"), save(_contiguous({**opt_tensors, **{
-        f"rng.{k}": v for k, v in rng.items()}})))
+    atomic_write(os.path.join(tmp, "optimizer.safetensors"), save(_contiguous({
+        **opt_tensors, **{f"rng.{k}": v for k, v in rng.items()},
+        **{f"extra.{k}": v for k, v in (extra or {}).items()}})))
     state = {"stage": stage, "position": position, "optimizer": opt_meta,
              "scheduler": scheduler.state_dict() if scheduler is not None else None}
     atomic_write(os.path.join(tmp, "state.json"), json.dumps(state, indent=2, default=float))
@@ -140,17 +141,18 @@ def remove_resume(run_dir: str) -> None:
         shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
 
 
-def read_resume(path: str) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
-    """(metadata, model tensors, optimizer state dict, training state) of a resume directory."""
+def read_resume(path: str) -> tuple[dict, dict[str, torch.Tensor], dict, dict, dict[str, torch.Tensor]]:
+    """(metadata, model tensors, optimizer state dict, training state, extra tensors) of a resume dir."""
     meta = read_metadata(path)
     with open(os.path.join(path, "state.json")) as fh:
         state = json.load(fh)
     blob = load_file(os.path.join(path, "optimizer.safetensors"))
     rng = {k[4:]: v for k, v in blob.items() if k.startswith("rng.")}
-    opt = _unflatten_optimizer({k: v for k, v in blob.items() if not k.startswith("rng.")},
+    extra = {k[6:]: v for k, v in blob.items() if k.startswith("extra.")}
+    opt = _unflatten_optimizer({k: v for k, v in blob.items() if not k.startswith(("rng.", "extra."))},
                                state["optimizer"])
     state["rng"] = rng
-    return meta, read_model_tensors(path), opt, state
+    return meta, read_model_tensors(path), opt, state, extra
 
 
 def restore_rng(rng: dict[str, torch.Tensor]) -> None:
@@ -158,3 +160,16 @@ def restore_rng(rng: dict[str, torch.Tensor]) -> None:
     cuda = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])
+
+
+def load_model(run_dir: str, device: str | torch.device = "cpu"):
+    """(DGSNetModel, metadata) of a finished run directory, checked against its recorded backbone."""
+    from dgsnet.models import BackboneSpec, DGSNetModel, LoRAConfig
+
+    meta = read_metadata(run_dir)
+    bb = meta["backbone"]
+    spec = BackboneSpec(model=bb["model"], pretrained=bb["pretrained"], init_seed=bb["init_seed"])
+    model = DGSNetModel(spec, LoRAConfig(**meta["lora"]))
+    check_backbone(meta, model, run_dir)
+    model.load_trained_state_dict(read_model_tensors(run_dir), source=run_dir)
+    return model.to(device).eval(), meta

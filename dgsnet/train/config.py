@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import os
+import re
 import typing
 from dataclasses import dataclass, field, fields
 
@@ -18,51 +20,52 @@ class TrainConfig:
     data: str | None = None  # dataset root ({0_real,1_fake} or <class>/{0_real,1_fake})
     captions: str | None = None  # JSON path -> caption; default <data>/captions.json when present
     norm: str = "imagenet"  # input normalisation: imagenet (published) or clip
-    flip_prob: float = 0.5
-    blur_prob: float = 0.0
-    jpeg_prob: float = 0.0
-    resize_prob: float = 0.0
-    workers: int = 2
+    flip_prob: float = 0.5  # probability of a horizontal flip of the tiled patches
+    blur_prob: float = 0.0  # probability of a Gaussian blur before patch selection
+    jpeg_prob: float = 0.0  # probability of JPEG re-compression before patch selection
+    resize_prob: float = 0.0  # probability of a random resize before patch selection
+    workers: int = 2  # DataLoader worker processes
     strict_data: bool = False  # a bad image is an error instead of being skipped
     # backbone and LoRA (published: ViT-L/14 OpenAI weights, r=6, alpha=6, dropout 0.8, q/k/v of all blocks)
-    model: str = "ViT-L-14"
-    pretrained: str | None = "openai"
-    init_seed: int = 0
-    lora_rank: int = 6
-    lora_alpha: float = 6.0
-    lora_dropout: float = 0.8
-    lora_targets: list[str] = field(default_factory=lambda: ["q", "k", "v"])
+    model: str = "ViT-L-14"  # open_clip model name (dgsnet adds dgs-tiny and dgs-small for tests/demo)
+    pretrained: str | None = "openai"  # open_clip tag, local weights file, or none (random init)
+    init_seed: int = 0  # seed of random-initialised weights (backbone and heads)
+    lora_rank: int = 6  # LoRA rank r
+    lora_alpha: float = 6.0  # LoRA alpha (update scaled by alpha / r)
+    lora_dropout: float = 0.8  # dropout on the LoRA input
+    lora_targets: list[str] = field(default_factory=lambda: ["q", "k", "v"])  # attention projections with LoRA
     lora_blocks: str = "all"  # "all" or comma-separated indices, e.g. "-4,-3,-2,-1"
     # optimisation (published: Adam, lr 1e-4, betas (0.9, 0.999), batch 32, 3 + 1 epochs)
-    batch_size: int = 32
+    batch_size: int = 32  # images per step per process
     accum: int = 1  # gradient accumulation steps per optimiser step
-    lr: float = 1e-4
-    teacher_lr: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 0.0
+    lr: float = 1e-4  # Adam learning rate of stage 2
+    teacher_lr: float = 1e-4  # Adam learning rate of stage 1 (the teacher probe)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam betas
+    weight_decay: float = 0.0  # Adam weight decay
     schedule: str = "constant"  # constant or cosine
     warmup_steps: int = 0
-    teacher_epochs: int = 3
-    epochs: int = 1
+    teacher_epochs: int = 3  # stage-1 epochs
+    epochs: int = 1  # stage-2 epochs
     max_steps: int | None = None  # stop after this many optimiser steps (smoke runs)
     # DGS-Net objective
     surgery: str = "feature"  # none, feature, layer, both
     variant: str = "published"  # published or paper
-    lam: float = 0.2
-    eps: float = 1e-6
+    lam: float = 0.2  # weight of the prior-alignment loss
+    eps: float = 1e-6  # added to ||relu(g_X)|| when normalising the harmful direction
     backend: str = "auto"  # reference, cpp, cuda, triton, auto
     layer_refresh: int = 1  # layer surgery: recompute the parameter-space directions every k steps
+    layer_eps: float = 1e-12  # layer surgery: added to ||u_l||^2 in the projection
     # runtime
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     amp: str = "auto"  # auto (bf16 on GPU, off on CPU), bf16, fp16, off
-    compile: bool = False
-    seed: int = 0
+    compile: bool = False  # torch.compile the image encoder
+    seed: int = 0  # seed of data order, augmentation and dropout
     # outputs
-    out: str = "runs/dgsnet"
+    out: str = "runs/dgsnet"  # run directory: checkpoints, logs, resolved config
     teacher: str | None = None  # stage-1 run directory (for stage 2)
-    log_every: int = 10
+    log_every: int = 10  # optimiser steps between log records
     ckpt_every: int = 100  # optimiser steps between resumable checkpoints
-    tensorboard: bool = False
+    tensorboard: bool = False  # also write TensorBoard events (needs the tensorboard package)
     caption_cache: str | None = None  # safetensors file reused across runs; default <out>/caption_cache.safetensors
 
     def __post_init__(self):
@@ -120,22 +123,35 @@ def _field_type(f: dataclasses.Field):
     return args[0] if args else hint
 
 
+def _field_docs() -> dict[str, str]:
+    """The inline comment of each TrainConfig field: the one place its meaning is written."""
+    docs = {}
+    for line in inspect.getsource(TrainConfig).splitlines():
+        match = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
+        if match:
+            docs[match.group(1)] = match.group(2)
+    return docs
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One flag per config field (--lr, --lora-rank, ...); unset flags keep file/default values."""
     parser.add_argument("--config", help="YAML file of config keys (flags override it)")
+    docs, defaults = _field_docs(), TrainConfig().to_dict()
     for f in fields(TrainConfig):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = _field_type(f)
-        origin = typing.get_origin(kind)
+        text = f"{docs.get(f.name, '')} (default: {defaults[f.name]})".strip()
         if kind is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
-        elif origin is list:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=text)
+        elif typing.get_origin(kind) is list:
             inner = typing.get_args(kind)[0]
-            parser.add_argument(flag, dest=f.name, nargs="+", type=inner, default=None)
+            parser.add_argument(flag, dest=f.name, nargs="+", type=inner, default=None, help=text)
         else:
-            parser.add_argument(flag, dest=f.name, type=kind if kind in (int, float) else str, default=None)
+            parser.add_argument(flag, dest=f.name, type=kind if kind in (int, float) else str, default=None,
+                                help=text)
 
 
 def config_from_args(args: argparse.Namespace, **fixed) -> TrainConfig:

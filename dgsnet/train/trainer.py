@@ -23,6 +23,7 @@ from dgsnet.models import CaptionFeatureCache, DGSNetModel
 from dgsnet.surgery import dgs_objective
 from dgsnet.train import checkpoint as ckpt
 from dgsnet.train.config import TrainConfig
+from dgsnet.train.layer_surgery import LayerSurgery
 from dgsnet.train.logger import RunLogger, memory_mb
 from dgsnet.train.sampler import EpochBatchSampler
 
@@ -101,6 +102,9 @@ class StageTrainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.caption_cache = None
+        self.layer = None
+        if stage == 2 and cfg.surgery in ("layer", "both"):
+            self.layer = LayerSurgery(model.lora_parameters(), cfg.layer_refresh, cfg.layer_eps, cfg.backend)
         self.encoder = model.visual
         if cfg.compile:
             self.encoder.compile()
@@ -110,7 +114,7 @@ class StageTrainer:
         path = ckpt.find_resume(self.run_dir)
         if path is None:
             return False
-        meta, tensors, opt_state, state = ckpt.read_resume(path)
+        meta, tensors, opt_state, state, extra = ckpt.read_resume(path)
         if state["stage"] != self.stage:
             raise ValueError(f"{path} holds a stage-{state['stage']} run, not stage {self.stage}; "
                              "resume it with the matching command or pick another --out")
@@ -120,6 +124,8 @@ class StageTrainer:
         if state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         ckpt.restore_rng(state["rng"])
+        if self.layer is not None and extra:
+            self.layer.directions = [extra[f"layer_u.{i}"].to(self.device) for i in range(len(extra))]
         pos = state["position"]
         self.step, self.epoch, self.batch_in_epoch = pos["step"], pos["epoch"], pos["batch"]
         self.log.info(f"resumed stage {self.stage} from {path}: step {self.step}, epoch {self.epoch}, "
@@ -129,9 +135,12 @@ class StageTrainer:
     def _save_resume(self) -> None:
         if self.rank != 0:
             return
+        extra = {}
+        if self.layer is not None and self.layer.directions is not None:
+            extra = {f"layer_u.{i}": u for i, u in enumerate(self.layer.directions)}
         ckpt.write_resume(self.run_dir, self.model, self.optimizer, self.scheduler, self.stage,
                           self.cfg.to_dict(), {"step": self.step, "epoch": self.epoch,
-                                               "batch": self.batch_in_epoch})
+                                               "batch": self.batch_in_epoch}, extra=extra)
 
     # -- the loop ---------------------------------------------------------------------------
     def _loader(self) -> DataLoader:
@@ -152,13 +161,14 @@ class StageTrainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp)
 
-    def loss(self, images, labels, captions) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, images, labels, captions) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple]:
+        """(loss, its terms for logs, (encoder output, harmful direction) for layer surgery)."""
         if self.stage == 1:
             with self._autocast():
                 feats = self.model.teacher_features(images)
             logits = self.model.teacher_head(feats.float()).squeeze(-1)
             loss = F.binary_cross_entropy_with_logits(logits, labels)
-            return loss, {"teacher": loss.detach()}
+            return loss, {"teacher": loss.detach()}, ()
         text = self.caption_cache.features(captions, self.device)
         with self._autocast():
             student = self.encoder(images)
@@ -168,13 +178,17 @@ class StageTrainer:
                             lam=self.cfg.lam, eps=self.cfg.eps, mode=self.cfg.surgery,
                             variant=self.cfg.variant, backend=self.cfg.backend, check_labels=False)
         terms = {k: getattr(out, k).detach() for k in ("total", "img", "text", "align", "teacher")}
-        return out.total, terms
+        return out.total, terms, (student, out.harmful)
 
     def _optimizer_step(self, micro: int) -> None:
         if micro != self.cfg.accum:  # a short accumulation at the end of an epoch
             for p in self.params:
                 if p.grad is not None:
                     p.grad.mul_(self.cfg.accum / micro)
+        if self.layer is not None:
+            self.layer.finish_directions()
+            self.scaler.unscale_(self.optimizer)  # project true gradients, not loss-scaled ones
+            self.layer.project_()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -216,9 +230,16 @@ class StageTrainer:
                 images, labels, captions, paths = batch
                 images = images.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
-                loss, terms = self.loss(images, labels, captions)
+                loss, terms, feats_and_harmful = self.loss(images, labels, captions)
                 self._check_finite(loss, terms, paths)
-                self.scaler.scale(loss / cfg.accum).backward()
+                scaled = self.scaler.scale(loss / cfg.accum)
+                if self.layer is not None:
+                    student, harmful = feats_and_harmful
+                    heads = [*self.model.student_head.parameters(), *self.model.text_head.parameters()]
+                    self.layer.backward(student, scaled, heads, harmful,
+                                        self.layer.wants_directions(self.step))
+                else:
+                    scaled.backward()
                 micro += 1
                 for k, v in terms.items():
                     window[k] = window.get(k, 0.0) + float(v)
