@@ -1,0 +1,136 @@
+"""The one benchmark convention every bench/*.py script follows.
+
+- Each script times competitors side by side in one run, on the same inputs,
+  and reports ratios against a named baseline; absolute times are printed with
+  the device they came from.
+- `time_call` is a median over repeats after warm-up, synchronising the GPU.
+- Results go to bench/results/<device>/<name>.json (plus a PNG where a plot
+  helps), with the machine description, so they can be committed and compared.
+- `--quick` shrinks every sweep so the script runs in seconds (used by the
+  smoke test of the benchmarks); the default sweep is the one reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import time
+from typing import Callable, Iterable
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="tiny sweep (seconds), for smoke runs")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--out", default=None,
+                   help="results folder (default bench/results/<device name>)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per point")
+    return p
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def device_name(device) -> str:
+    """A folder-safe description of the machine: GPU model, or CPU model and core count."""
+    import torch
+
+    if getattr(device, "type", device) == "cuda":
+        label = torch.cuda.get_device_name(device)
+    else:
+        label = _cpu_model() + f" x{os.cpu_count()}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-").lower()
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def synchronize(device) -> None:
+    import torch
+
+    if getattr(device, "type", device) == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device, warmup: int = 3, repeats: int = 10,
+              min_seconds: float = 0.0) -> float:
+    """Median wall time of fn() in seconds; runs at least `repeats` times and `min_seconds` in all."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    start_all = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start_all < min_seconds:
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_memory_bytes(fn: Callable[[], object], device) -> int | None:
+    """Peak GPU memory allocated during fn() above what was allocated before; None on the CPU."""
+    import torch
+
+    if getattr(device, "type", device) != "cuda":
+        return None
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def markdown_table(rows: list[dict], columns: Iterable[str] | None = None) -> str:
+    if not rows:
+        return "(no rows)"
+    columns = list(columns or rows[0].keys())
+
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def results_dir(args, device) -> str:
+    path = args.out or os.path.join(RESULTS_DIR, device_name(device))
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def write_results(path: str, name: str, rows: list[dict], meta: dict) -> str:
+    """Writes <path>/<name>.json with the rows and the machine/meta description; returns the file."""
+    import torch
+
+    record = {"benchmark": name, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "torch": torch.__version__, "python": platform.python_version(),
+              "cpu": _cpu_model(), "cpu_count": os.cpu_count(), **meta, "rows": rows}
+    out = os.path.join(path, f"{name}.json")
+    tmp = out + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(record, fh, indent=1)
+    os.replace(tmp, out)
+    return out
