@@ -21,8 +21,15 @@ def _cmd_train(args, stage: int) -> int:
     from dgsnet.train import train_dgs, train_teacher
     from dgsnet.train.config import config_from_args
 
+    from dgsnet.train.distributed import from_env
+
     cfg = config_from_args(args)
-    (train_teacher if stage == 1 else train_dgs)(cfg, resume=args.resume)
+    ctx = from_env()  # torchrun sets WORLD_SIZE/RANK; a plain run is one process
+    (train_teacher if stage == 1 else train_dgs)(cfg, resume=args.resume, ctx=ctx)
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     return 0
 
 

@@ -102,17 +102,23 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def rng_state() -> dict[str, torch.Tensor]:
+    rng = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng.update({f"torch_cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return rng
+
+
 def write_resume(run_dir: str, model, optimizer, scheduler, stage: int, config: dict,
-                 position: dict, extra: dict[str, torch.Tensor] | None = None) -> None:
+                 position: dict, rng: dict[str, torch.Tensor] | None = None,
+                 extra: dict[str, torch.Tensor] | None = None) -> None:
     """Writes resume/ as a whole: into a temporary directory, then swapped in by renames."""
     final = os.path.join(run_dir, RESUME_DIR)
     tmp, old = final + ".tmp", final + ".old"
     shutil.rmtree(tmp, ignore_errors=True)
     write_model(tmp, model, stage, config, position["step"])
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
-    rng = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng.update({f"torch_cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    rng = rng if rng is not None else rng_state()
     atomic_write(os.path.join(tmp, "optimizer.safetensors"), save(_contiguous({
         **opt_tensors, **{f"rng.{k}": v for k, v in rng.items()},
         **{f"extra.{k}": v for k, v in (extra or {}).items()}})))
@@ -155,7 +161,14 @@ def read_resume(path: str) -> tuple[dict, dict[str, torch.Tensor], dict, dict, d
     return meta, read_model_tensors(path), opt, state, extra
 
 
-def restore_rng(rng: dict[str, torch.Tensor]) -> None:
+def restore_rng(rng: dict[str, torch.Tensor], rank: int = 0) -> None:
+    """Restores this rank's RNG (a multi-process checkpoint keys them `<name>.rank<r>`)."""
+    suffix = f".rank{rank}"
+    if any(k.endswith(suffix) for k in rng):
+        rng = {k[:-len(suffix)]: v for k, v in rng.items() if k.endswith(suffix)}
+    elif any(".rank" in k for k in rng):
+        raise ValueError(f"the checkpoint has no RNG state for rank {rank}: it was written by fewer "
+                         "processes; resume with the same --nproc-per-node")
     torch.set_rng_state(rng["torch_cpu"])
     cuda = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]
     if cuda and torch.cuda.is_available():

@@ -23,6 +23,7 @@ from dgsnet.models import CaptionFeatureCache, DGSNetModel
 from dgsnet.surgery import dgs_objective
 from dgsnet.train import checkpoint as ckpt
 from dgsnet.train.config import TrainConfig
+from dgsnet.train.distributed import DistContext, TrainableBranch, no_sync, objective_scaling, wrap
 from dgsnet.train.layer_surgery import LayerSurgery
 from dgsnet.train.logger import RunLogger, memory_mb
 from dgsnet.train.sampler import EpochBatchSampler
@@ -80,13 +81,16 @@ class StageTrainer:
     """One training stage over a dataset: the loop, checkpoints, resume and logs."""
 
     def __init__(self, cfg: TrainConfig, stage: int, model: DGSNetModel, dataset: Dataset,
-                 rank: int = 0, world: int = 1):
+                 ctx: DistContext | None = None):
         self.cfg, self.stage, self.model, self.dataset = cfg, stage, model, dataset
-        self.rank, self.world = rank, world
+        self.ctx = ctx or DistContext()
+        self.rank, self.world = self.ctx.rank, self.ctx.world
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda" and self.ctx.enabled:
+            self.device = torch.device("cuda", self.ctx.local_rank)
         self.amp = amp_dtype(cfg, self.device)
         self.run_dir = cfg.out
-        self.log = RunLogger(self.run_dir, enabled=rank == 0, tensorboard=cfg.tensorboard)
+        self.log = RunLogger(self.run_dir, enabled=self.ctx.is_main, tensorboard=cfg.tensorboard)
         model.to(self.device)
         model.set_stage(stage)
         self.params = model.stage_parameters(stage)
@@ -95,7 +99,7 @@ class StageTrainer:
                                           weight_decay=cfg.weight_decay)
         self.epochs = cfg.teacher_epochs if stage == 1 else cfg.epochs
         self.batches_per_epoch = EpochBatchSampler(len(dataset), cfg.batch_size, cfg.seed, 0,
-                                                   rank=rank, world=world).batches_per_epoch()
+                                                   rank=self.rank, world=self.world).batches_per_epoch()
         steps = self.epochs * math.ceil(self.batches_per_epoch / cfg.accum)
         self.total_steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg, self.total_steps))
@@ -108,6 +112,14 @@ class StageTrainer:
         self.encoder = model.visual
         if cfg.compile:
             self.encoder.compile()
+        self.ddp = None
+        if self.ctx.enabled:
+            branch = (TrainableBranch(model.teacher_head, []) if stage == 1 else
+                      TrainableBranch(self.encoder, [model.student_head, model.text_head]))
+            self.ddp = wrap(branch, self.ctx, self.device)
+        # Dropout differs per rank (the model itself was built identically on every rank).
+        torch.manual_seed(cfg.seed * 7919 + 1 + self.rank)
+        self.lam, self.eps = objective_scaling(cfg.lam, cfg.eps, self.world)
 
     # -- resume -----------------------------------------------------------------------------
     def resume(self) -> bool:
@@ -123,7 +135,7 @@ class StageTrainer:
         self.optimizer.load_state_dict(opt_state)
         if state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
-        ckpt.restore_rng(state["rng"])
+        ckpt.restore_rng(state["rng"], self.rank)
         if self.layer is not None and extra:
             self.layer.directions = [extra[f"layer_u.{i}"].to(self.device) for i in range(len(extra))]
         pos = state["position"]
@@ -133,14 +145,21 @@ class StageTrainer:
         return True
 
     def _save_resume(self) -> None:
+        rng = ckpt.rng_state()
+        if self.ctx.enabled:  # every rank's RNG goes into the one checkpoint rank 0 writes
+            gathered = [None] * self.world
+            torch.distributed.all_gather_object(gathered, rng)
+            rng = {f"{k}.rank{r}": v for r, states in enumerate(gathered) for k, v in states.items()}
         if self.rank != 0:
+            self.ctx.barrier()
             return
         extra = {}
         if self.layer is not None and self.layer.directions is not None:
             extra = {f"layer_u.{i}": u for i, u in enumerate(self.layer.directions)}
         ckpt.write_resume(self.run_dir, self.model, self.optimizer, self.scheduler, self.stage,
                           self.cfg.to_dict(), {"step": self.step, "epoch": self.epoch,
-                                               "batch": self.batch_in_epoch}, extra=extra)
+                                               "batch": self.batch_in_epoch}, rng=rng, extra=extra)
+        self.ctx.barrier()
 
     # -- the loop ---------------------------------------------------------------------------
     def _loader(self) -> DataLoader:
@@ -166,18 +185,19 @@ class StageTrainer:
         if self.stage == 1:
             with self._autocast():
                 feats = self.model.teacher_features(images)
-            logits = self.model.teacher_head(feats.float()).squeeze(-1)
+            logits = (self.ddp or self.model.teacher_head)(feats.float()).squeeze(-1)
             loss = F.binary_cross_entropy_with_logits(logits, labels)
             return loss, {"teacher": loss.detach()}, ()
         text = self.caption_cache.features(captions, self.device)
         with self._autocast():
-            student = self.encoder(images)
+            student = (self.ddp or self.encoder)(images)
             teacher = self.model.teacher_features(images)
         out = dgs_objective(student, teacher.to(student.dtype), text.to(student.dtype), labels,
                             self.model.student_head, self.model.teacher_head, self.model.text_head,
-                            lam=self.cfg.lam, eps=self.cfg.eps, mode=self.cfg.surgery,
+                            lam=self.lam, eps=self.eps, mode=self.cfg.surgery,
                             variant=self.cfg.variant, backend=self.cfg.backend, check_labels=False)
         terms = {k: getattr(out, k).detach() for k in ("total", "img", "text", "align", "teacher")}
+        terms["align"] = terms["align"] / self.world  # the global-batch definition (see distributed.py)
         return out.total, terms, (student, out.harmful)
 
     def _optimizer_step(self, micro: int) -> None:
@@ -186,7 +206,9 @@ class StageTrainer:
                 if p.grad is not None:
                     p.grad.mul_(self.cfg.accum / micro)
         if self.layer is not None:
-            self.layer.finish_directions()
+            if self.ctx.enabled:  # layer steps ran under no_sync: average gradients, then u
+                self.ctx.mean_([p.grad for p in self.params if p.grad is not None])
+            self.layer.finish_directions(reduce=self.ctx.mean_)
             self.scaler.unscale_(self.optimizer)  # project true gradients, not loss-scaled ones
             self.layer.project_()
         self.scaler.step(self.optimizer)
@@ -230,16 +252,20 @@ class StageTrainer:
                 images, labels, captions, paths = batch
                 images = images.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
-                loss, terms, feats_and_harmful = self.loss(images, labels, captions)
-                self._check_finite(loss, terms, paths)
-                scaled = self.scaler.scale(loss / cfg.accum)
-                if self.layer is not None:
-                    student, harmful = feats_and_harmful
-                    heads = [*self.model.student_head.parameters(), *self.model.text_head.parameters()]
-                    self.layer.backward(student, scaled, heads, harmful,
-                                        self.layer.wants_directions(self.step))
-                else:
-                    scaled.backward()
+                # One all-reduce per optimiser step: earlier micro-batches skip DDP's sync; layer
+                # surgery always does (it reduces gradients and u itself).
+                last = micro + 1 == cfg.accum or self.batch_in_epoch == self.batches_per_epoch
+                with no_sync(self.ddp, self.layer is not None or not last):
+                    loss, terms, feats_and_harmful = self.loss(images, labels, captions)
+                    self._check_finite(loss, terms, paths)
+                    scaled = self.scaler.scale(loss / cfg.accum)
+                    if self.layer is not None:
+                        student, harmful = feats_and_harmful
+                        heads = [*self.model.student_head.parameters(), *self.model.text_head.parameters()]
+                        self.layer.backward(student, scaled, heads, harmful,
+                                            self.layer.wants_directions(self.step))
+                    else:
+                        scaled.backward()
                 micro += 1
                 for k, v in terms.items():
                     window[k] = window.get(k, 0.0) + float(v)
@@ -273,6 +299,7 @@ class StageTrainer:
 
     def _log_window(self, window, images, start, bar):
         seconds = time.perf_counter() - start
+        window = self.ctx.sum_floats(window, self.device)  # global means across processes
         micro_batches = window.pop("_n")
         means = {k: v / micro_batches for k, v in window.items()}
         record = {"stage": self.stage, "step": self.step, "epoch": self.epoch,
@@ -288,11 +315,19 @@ class StageTrainer:
         key = f"{model.spec.model}|{model.spec.pretrained}|{model.text_fingerprint}"
         self.caption_cache = CaptionFeatureCache(model.encode_captions, key=key, path=path)
         captions = getattr(self.dataset, "captions", None)
-        if captions is not None:  # encode every distinct caption once, up front
-            distinct = sorted(set(captions))
+        if captions is None:
+            return
+        # Encode every distinct caption once, up front: on rank 0, shared with the others by file.
+        distinct = sorted(set(captions))
+        if self.ctx.is_main:
             self.log.info(f"caption features: {len(distinct)} distinct captions "
                           f"({len(self.caption_cache)} cached)")
             self.caption_cache.add(distinct)
+            if self.ctx.enabled:
+                self.caption_cache.save()
+        self.ctx.barrier()
+        if not self.ctx.is_main:
+            self.caption_cache = CaptionFeatureCache(model.encode_captions, key=key, path=path)
 
 
 def _finished(cfg: TrainConfig) -> bool:
@@ -322,24 +357,27 @@ def _prepare_run_dir(cfg: TrainConfig, resume: bool) -> None:
 
 
 def train_teacher(cfg: TrainConfig, dataset: Dataset | None = None, resume: bool = False,
-                  rank: int = 0, world: int = 1) -> DGSNetModel:
+                  ctx: DistContext | None = None) -> DGSNetModel:
     """Stage 1: the teacher probe. Writes <out>/model.safetensors + model.json."""
+    ctx = ctx or DistContext()
     if resume and _finished(cfg):
         return _load_finished(cfg, 1)
-    if rank == 0:
+    if ctx.is_main:
         _prepare_run_dir(cfg, resume)
         cfg.save(os.path.join(cfg.out, "config.yaml"))
+    ctx.barrier()
     torch.manual_seed(cfg.seed)
     model = DGSNetModel(cfg.backbone(), cfg.lora())
     dataset = dataset if dataset is not None else build_dataset(cfg)
-    trainer = StageTrainer(cfg, 1, model, dataset, rank, world)
+    trainer = StageTrainer(cfg, 1, model, dataset, ctx)
     if resume and not trainer.resume():
         trainer.log.info(f"--resume: no checkpoint in {cfg.out}; starting from the beginning")
     trainer.fit()
-    if rank == 0:
+    if ctx.is_main:
         ckpt.write_model(cfg.out, model, 1, cfg.to_dict(), trainer.step)
         ckpt.remove_resume(cfg.out)
         trainer.log.info(f"stage 1 done: teacher head written to {cfg.out}")
+    ctx.barrier()
     trainer.log.close()
     return model
 
@@ -356,27 +394,30 @@ def load_teacher_head(model: DGSNetModel, teacher_dir: str) -> dict:
 
 
 def train_dgs(cfg: TrainConfig, dataset: Dataset | None = None, resume: bool = False,
-              rank: int = 0, world: int = 1) -> DGSNetModel:
+              ctx: DistContext | None = None) -> DGSNetModel:
     """Stage 2: DGS-Net fine-tuning. Writes <out>/model.safetensors + model.json."""
     if not cfg.teacher:
         raise ValueError("stage 2 needs the stage-1 teacher: pass --teacher RUN_DIR "
                          "(the --out of `dgsnet train-teacher`)")
+    ctx = ctx or DistContext()
     if resume and _finished(cfg):
         return _load_finished(cfg, 2)
-    if rank == 0:
+    if ctx.is_main:
         _prepare_run_dir(cfg, resume)
         cfg.save(os.path.join(cfg.out, "config.yaml"))
+    ctx.barrier()
     torch.manual_seed(cfg.seed)
     model = DGSNetModel(cfg.backbone(), cfg.lora())
     load_teacher_head(model, cfg.teacher)
     dataset = dataset if dataset is not None else build_dataset(cfg)
-    trainer = StageTrainer(cfg, 2, model, dataset, rank, world)
+    trainer = StageTrainer(cfg, 2, model, dataset, ctx)
     if resume and not trainer.resume():
         trainer.log.info(f"--resume: no checkpoint in {cfg.out}; starting from the beginning")
     trainer.fit()
-    if rank == 0:
+    if ctx.is_main:
         ckpt.write_model(cfg.out, model, 2, cfg.to_dict(), trainer.step)
         ckpt.remove_resume(cfg.out)
         trainer.log.info(f"stage 2 done: detector written to {cfg.out}")
+    ctx.barrier()
     trainer.log.close()
     return model
