@@ -63,7 +63,8 @@ def _pip_cuda_includes():
 
 def _extension():
     cpp = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3"]  # torch.utils.cpp_extension adds the C++ standard torch needs (C++20)
+    # -Wno-psabi: csrc/cpu/simd.h passes 512-bit vectors between always-inlined helpers.
+    cxx = ["-O3", "-Wno-psabi"]  # torch.utils.cpp_extension adds the C++ standard torch needs (C++20)
     if _want_cuda():
         cu = sorted(glob.glob("csrc/cuda/*.cu"))
         return cpp_extension.CUDAExtension(
@@ -79,9 +80,13 @@ setup(
     name="dgsnet",
     version=_version(),
     description="DGS-Net: distillation-guided gradient surgery for AI-generated image detection",
-    packages=find_packages(include=["dgsnet", "dgsnet.*"]),
+    # export/ ships as dgsnet_export: the inference-only runtime (no torch needed to import it).
+    packages=find_packages(include=["dgsnet", "dgsnet.*"]) + ["dgsnet_export"],
+    package_dir={"dgsnet_export": "export"},
+    package_data={"dgsnet": ["model_configs/*.json"]},
     python_requires=">=3.10",
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
-    entry_points={"console_scripts": ["dgsnet=dgsnet.cli:main"]},
+    entry_points={"console_scripts": ["dgsnet=dgsnet.cli:main",
+                                      "dgsnet-predict=dgsnet_export.cli:main"]},
 )

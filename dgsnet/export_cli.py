@@ -1,0 +1,175 @@
+"""`dgsnet export` and `dgsnet predict`: the deployment subcommands.
+
+dgsnet.cli registers them with `add_commands(subparsers)`. Expected failures
+raise ValueError / RuntimeError / FileNotFoundError, which dgsnet.cli turns
+into one line on stderr (exit status 2).
+
+  dgsnet export --ckpt RUN_DIR --out detector.onnx [--opset 17] [--fp16]
+                [--with-preprocessing] [--tensorrt]
+  dgsnet predict --ckpt RUN_DIR images/ [more files or folders] [--out preds.jsonl]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability strictly between 0 and 1")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+def _check_run_dir(run_dir: str) -> None:
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"--ckpt {run_dir}: no such run directory; give the --out folder of "
+                                "`dgsnet train` (or `dgsnet train-teacher`)")
+
+
+# ---------------------------------------------------------------- export
+
+def cmd_export(args) -> int:
+    from dgsnet.export_onnx import (build_tensorrt_engine, export_checkpoint, tensorrt_available,
+                                    tensorrt_command)
+
+    _check_run_dir(args.ckpt)
+    out = Path(args.out)
+    if out.suffix != ".onnx":
+        raise ValueError(f"--out {out}: name the file *.onnx")
+    if not args.min_batch <= args.opt_batch <= args.max_batch:
+        raise ValueError(f"--min-batch {args.min_batch} --opt-batch {args.opt_batch} --max-batch "
+                         f"{args.max_batch}: need min <= opt <= max")
+    report = export_checkpoint(args.ckpt, out, head=args.head, threshold=args.threshold, opset=args.opset,
+                               fp16=args.fp16, with_preprocessing=args.with_preprocessing,
+                               exporter=args.exporter, atol=args.atol)
+    record = {**report.to_dict(), "checkpoint": args.ckpt}
+    for note in report.warnings:
+        print(f"dgsnet export: note: {note}", file=sys.stderr)
+    print(report.summary())
+    if args.tensorrt:
+        engine = out.with_suffix(".engine")
+        command = tensorrt_command(out, args.min_batch, args.opt_batch, args.max_batch, fp16=True,
+                                   engine_path=engine)
+        script = out.with_suffix(".trtexec.sh")
+        script.write_text("#!/bin/sh\n# TensorRT engine for " + out.name + " (batch profile "
+                          f"{args.min_batch}/{args.opt_batch}/{args.max_batch}, fp16)\n" + command + "\n")
+        record["tensorrt"] = {"command": command, "script": str(script)}
+        print(f"TensorRT command (also in {script}):\n  {command}")
+        if tensorrt_available():
+            start = time.perf_counter()
+            build_tensorrt_engine(out, engine, args.min_batch, args.opt_batch, args.max_batch, fp16=True)
+            record["tensorrt"]["engine"] = str(engine)
+            print(f"TensorRT engine: {engine} ({time.perf_counter() - start:.0f} s)")
+        else:
+            record["tensorrt"]["engine"] = None
+            print("TensorRT is not importable here: the engine was not built; run the command above on a "
+                  "machine with TensorRT (or let `dgsnet-predict --provider tensorrt` build it)", file=sys.stderr)
+    sidecar = out.with_suffix(".export.json")
+    sidecar.write_text(json.dumps(record, indent=2, default=str))
+    print(f"export record: {sidecar}")
+    return 0
+
+
+def add_export_parser(sub) -> None:
+    from dgsnet.export_onnx import DEFAULT_OPSET
+
+    p = sub.add_parser("export", help="export a trained detector to ONNX (verified against torch, TensorRT-ready)",
+                       description="Export the student encoder (LoRA merged) + head of a run directory to ONNX: "
+                                   "logits and probabilities, dynamic batch axis, dgsnet metadata. Every export "
+                                   "is checked in onnxruntime against torch at two batch sizes.")
+    p.add_argument("--ckpt", required=True, help="finished run directory (model.safetensors + model.json)")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--fp16", action="store_true", help="float16 weights and compute (float32 inputs/outputs)")
+    p.add_argument("--with-preprocessing", action="store_true",
+                   help="normalisation inside the graph: it takes uint8 224x224 tiles (patch selection stays "
+                        "with the caller, see the metadata)")
+    p.add_argument("--tensorrt", action="store_true",
+                   help="also write the trtexec command (min/opt/max batch profile, fp16) and build the "
+                        "engine when TensorRT is importable")
+    p.add_argument("--min-batch", type=_positive, default=1, help="TensorRT profile (default 1)")
+    p.add_argument("--opt-batch", type=_positive, default=16, help="TensorRT profile (default 16)")
+    p.add_argument("--max-batch", type=_positive, default=64, help="TensorRT profile (default 64)")
+    p.add_argument("--head", default="auto", choices=["auto", "student", "teacher"],
+                   help="auto: student for a stage-2 run, the teacher probe for a stage-1 run")
+    p.add_argument("--threshold", type=_probability, default=0.5,
+                   help="probability from which an image is labelled generated (stored in the metadata)")
+    p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "torchscript"],
+                   help="torch.onnx exporter (auto: dynamo, then torchscript)")
+    p.add_argument("--atol", type=float, default=None,
+                   help="verification tolerance on logits (default 1e-4 float32, 2e-2 float16)")
+    p.set_defaults(func=cmd_export)
+
+
+# ---------------------------------------------------------------- predict
+
+def cmd_predict(args) -> int:
+    from dgsnet_export import collect_inputs, iter_predictions
+    from dgsnet_export.report import progress_bar, write_records
+
+    from dgsnet.export_onnx import LABELS
+    from dgsnet.predict import TorchPredictor
+
+    _check_run_dir(args.ckpt)
+    found = collect_inputs(args.inputs)
+    if not found.paths:
+        raise FileNotFoundError(f"no image files in {' '.join(args.inputs)}")
+    predictor = TorchPredictor(args.ckpt, head=args.head, device=args.device)
+    bar = progress_bar(len(found.paths), not args.no_progress, "dgsnet predict")
+    start = time.perf_counter()
+    try:
+        records = iter_predictions(found.paths, predictor.logits, predictor.preprocess, labels=LABELS,
+                                   threshold=args.threshold, batch_size=args.batch, workers=args.workers,
+                                   progress=bar)
+        tally = write_records(records, args.out, LABELS)
+    finally:
+        if bar is not None:
+            bar.close()
+    engine = f"torch {predictor.device} ({predictor.meta['backbone']['model']}, {predictor.head} head)"
+    print("dgsnet predict: " + tally.summary(threshold=args.threshold, seconds=time.perf_counter() - start,
+                                             engine=engine, skipped=len(found.skipped), out=args.out),
+          file=sys.stderr)
+    return 1 if tally.errors else 0
+
+
+def add_predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="score images with a checkpoint through torch (JSON lines)",
+                       description="Score image files and folders with a run directory's detector through "
+                                   "torch. Same records as `dgsnet-predict detector.onnx ...`: "
+                                   '{"path", "logit", "probability", "label"}, or {"path", "error"} for a file '
+                                   "that cannot be read (the others are still scored; exit status 1).")
+    p.add_argument("--ckpt", required=True, help="finished run directory (model.safetensors + model.json)")
+    p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("--out", help="write the JSON lines here instead of stdout")
+    p.add_argument("--batch", type=_positive, default=16, help="images per forward pass (default 16)")
+    p.add_argument("--threshold", type=_probability, default=0.5, help="label threshold (default 0.5)")
+    p.add_argument("--head", default="auto", choices=["auto", "student", "teacher"],
+                   help="auto: student for a stage-2 run, the teacher probe for a stage-1 run")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--workers", type=int, help="threads decoding and preprocessing images (default: up to 4)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=cmd_predict)
+
+
+def add_commands(subparsers) -> None:
+    """Registers `export` and `predict` on dgsnet's argparse subparsers (each sets args.func)."""
+    add_export_parser(subparsers)
+    add_predict_parser(subparsers)

@@ -1,0 +1,79 @@
+"""Scoring images with a checkpoint through torch: what `dgsnet predict` runs.
+
+It is the reference of the exported runtime (dgsnet_export): the same
+decoding (dgsnet.imageio), the same preprocessing (dgsnet.preprocess:
+patch selection in raster order, then normalisation), the same batching
+loop and JSON records; only the engine differs (torch instead of
+onnxruntime). So `dgsnet predict --ckpt RUN` and `dgsnet-predict
+detector.onnx` on the same files print the same numbers.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import numpy as np
+
+HEAD_CHOICES = ("auto", "student", "teacher")
+
+
+def choose_head(meta: dict, head: str = "auto") -> str:
+    """'student' for a finished stage-2 run, 'teacher' (the stage-1 probe) for a stage-1 run."""
+    if head not in HEAD_CHOICES:
+        raise ValueError(f"head={head!r}: use one of {', '.join(HEAD_CHOICES)}")
+    if head != "auto":
+        if head == "student" and meta.get("stage") == 1:
+            raise ValueError("this checkpoint is a stage-1 run (teacher probe only): its student head is "
+                             "untrained; use --head teacher, or a run of `dgsnet train`")
+        return head
+    return "teacher" if meta.get("stage") == 1 else "student"
+
+
+def load_detector(run_dir: str, head: str = "auto", device="cpu"):
+    """(Detector in eval mode with LoRA merged, checkpoint metadata, head used) of a run directory."""
+    from dgsnet.train.checkpoint import load_model
+
+    model, meta = load_model(run_dir)
+    head = choose_head(meta, head)
+    detector = model.detector() if head == "student" else model.teacher_detector()
+    return detector.to(device).eval(), meta, head
+
+
+def resolve_device(name: str = "auto"):
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device here; use --device cpu")
+    return torch.device(name)
+
+
+class TorchPredictor:
+    """A checkpoint's detector with its preprocessing, scoring numpy batches through torch."""
+
+    def __init__(self, run_dir: str, head: str = "auto", device: str = "auto"):
+        from dgsnet.preprocess import Preprocess
+
+        self.device = resolve_device(device)
+        self.detector, self.meta, self.head = load_detector(run_dir, head, self.device)
+        self.preprocess = Preprocess(norm=self.meta.get("norm", "imagenet"))
+        self.run_dir = run_dir
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """(B, 3, 224, 224) float32 normalised inputs -> (B,) float64 logits."""
+        import torch
+
+        with torch.inference_mode():
+            out = self.detector(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device))
+        return out.reshape(-1).double().cpu().numpy()
+
+    def predict_paths(self, inputs: Iterable, *, batch_size: int = 16, threshold: float = 0.5,
+                      workers: int | None = None, progress=None) -> Iterator[dict]:
+        """The records `dgsnet_export.iter_predictions` gives, for files and folders."""
+        from dgsnet_export import collect_inputs, iter_predictions
+
+        from dgsnet.export_onnx import LABELS
+
+        found = collect_inputs(inputs)
+        return iter_predictions(found.paths, self.logits, self.preprocess, labels=LABELS, threshold=threshold,
+                                batch_size=batch_size, workers=workers, progress=progress)

@@ -1,0 +1,96 @@
+"""The metadata dgsnet writes into an exported detector's ONNX metadata_props, read back and checked.
+
+The writer is dgsnet.export_onnx.build_metadata; this reader needs only the
+standard library, so the runtime stays free of torch and onnx.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+FORMAT = "dgsnet-detector/1"
+KNOWN_CALLER_STEPS = ("dgs-patch-selection", "normalize")
+KNOWN_GRAPH_STEPS = ("normalize",)
+
+
+class MetadataError(ValueError):
+    """The ONNX file lacks, or has malformed, dgsnet metadata."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    backbone: str
+    pretrained: str
+    dgsnet_version: str
+    input_name: str
+    input_dtype: str  # "float32" (normalised NCHW) or "uint8" (NHWC tiles, normalised in the graph)
+    input_layout: str
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    normalization: str
+    caller_steps: tuple[str, ...]  # what the caller does before feeding the graph, in order
+    graph_steps: tuple[str, ...]  # what the graph does itself
+    outputs: tuple[str, ...]
+    labels: tuple[str, str]  # (label for 0, label for 1); 1 = generated
+    threshold: float
+    precision: str
+    opset: int
+    extra: dict  # every other key, as stored
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str = "model") -> "ModelInfo":
+        if props.get("format") != FORMAT:
+            found = props.get("format")
+            raise MetadataError(f"{source}: metadata format is {found!r}, expected {FORMAT!r}; "
+                                "export it with `dgsnet export` (this runtime reads dgsnet detectors only)"
+                                if found is None or not str(found).startswith("dgsnet-detector/") else
+                                f"{source}: metadata format {found!r} is newer than this runtime "
+                                f"({FORMAT!r}); upgrade dgsnet")
+
+        def field(key: str, parse=str):
+            if key not in props:
+                raise MetadataError(f"{source}: metadata key {key!r} is missing; re-export the detector")
+            try:
+                return parse(props[key])
+            except (ValueError, TypeError, json.JSONDecodeError) as exc:
+                raise MetadataError(f"{source}: metadata {key!r}={props[key]!r} is malformed ({exc})") from None
+
+        norm = field("normalization", json.loads)
+        graph_input = field("input", json.loads)
+        steps = field("preprocessing", json.loads)
+        try:
+            mean, std = tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"])
+            caller, in_graph = tuple(steps["caller"]), tuple(steps["in_graph"])
+            input_name, input_dtype = str(graph_input["name"]), str(graph_input["dtype"])
+            layout = str(graph_input["layout"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MetadataError(f"{source}: metadata normalization/input/preprocessing is incomplete "
+                                f"({type(exc).__name__}: {exc}); re-export the detector") from None
+        if len(mean) != 3 or len(std) != 3:
+            raise MetadataError(f"{source}: normalization needs 3 means and 3 stds, got {norm}")
+        unknown = [s for s in caller if s not in KNOWN_CALLER_STEPS] + \
+                  [s for s in in_graph if s not in KNOWN_GRAPH_STEPS]
+        if unknown:
+            raise MetadataError(f"{source}: preprocessing steps {unknown} are unknown to this runtime; upgrade dgsnet")
+        if (input_dtype, layout) not in (("float32", "NCHW"), ("uint8", "NHWC")):
+            raise MetadataError(f"{source}: graph input {input_dtype} {layout} is not one this runtime feeds")
+        labels = tuple(field("labels", json.loads))
+        if len(labels) != 2:
+            raise MetadataError(f"{source}: labels must name 2 classes, got {labels}")
+        threshold = field("threshold", float)
+        if not 0.0 < threshold < 1.0:
+            raise MetadataError(f"{source}: threshold {threshold} is not a probability in (0, 1)")
+        known = {"format", "normalization", "input", "preprocessing", "labels", "threshold", "backbone",
+                 "pretrained", "dgsnet_version", "input_size", "outputs", "precision", "opset"}
+        return cls(
+            backbone=field("backbone"), pretrained=props.get("pretrained", ""),
+            dgsnet_version=field("dgsnet_version"), input_name=input_name, input_dtype=input_dtype,
+            input_layout=layout, input_size=field("input_size", int), mean=mean, std=std,
+            normalization=str(norm.get("name", "custom")), caller_steps=caller, graph_steps=in_graph,
+            outputs=tuple(field("outputs", json.loads)), labels=(str(labels[0]), str(labels[1])),
+            threshold=threshold, precision=field("precision"), opset=field("opset", int),
+            extra={k: v for k, v in props.items() if k not in known})
+
+    def label(self, probability: float, threshold: float | None = None) -> str:
+        return self.labels[1] if probability >= (self.threshold if threshold is None else threshold) else self.labels[0]

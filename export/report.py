@@ -1,0 +1,80 @@
+"""JSON-lines output of predictions and the one-line summary, shared by `dgsnet-predict` and `dgsnet predict`.
+
+Both commands write the same records, so their files can be diffed: equal
+numbers through onnxruntime and through torch are the point of the export.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Iterable
+
+
+class OutputError(ValueError):
+    """The JSON-lines file cannot be written."""
+
+
+@dataclass
+class Tally:
+    labels: tuple[str, str]
+    scored: int = 0
+    errors: int = 0
+    per_label: dict = field(default_factory=dict)
+
+    def add(self, record: dict) -> None:
+        if "error" in record:
+            self.errors += 1
+        else:
+            self.scored += 1
+            self.per_label[record["label"]] = self.per_label.get(record["label"], 0) + 1
+
+    def summary(self, *, threshold: float, seconds: float, engine: str, skipped: int = 0,
+                out: str | None = None) -> str:
+        """e.g. '5 images scored (2 generated, 3 real at threshold 0.5), 1 unreadable; 12.3 images/s on ...'."""
+        negative, positive = self.labels
+        rate = self.scored / seconds if seconds > 0 else 0.0
+        text = (f"{self.scored} images scored ({self.per_label.get(positive, 0)} {positive}, "
+                f"{self.per_label.get(negative, 0)} {negative} at threshold {threshold:g}), "
+                f"{self.errors} unreadable")
+        if skipped:
+            text += f", {skipped} non-image files in folders skipped"
+        text += f"; {rate:.1f} images/s on {engine}"
+        return text + (f"; lines in {out}" if out else "")
+
+
+def write_records(records: Iterable[dict], out: str | None, labels: tuple[str, str]) -> Tally:
+    """Writes each record as one JSON line to `out` (or stdout), flushed per line so an
+    interrupted run keeps what it finished; an unreadable file's error line is printed to
+    stderr as well, and the batch goes on."""
+    tally = Tally(labels=tuple(labels))
+    try:
+        if out and os.path.dirname(out):
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+        sink = open(out, "w", encoding="utf-8") if out else sys.stdout
+    except OSError as exc:
+        raise OutputError(f"--out {out}: cannot write there ({exc.strerror or exc}); "
+                          "choose a writable file") from None
+    try:
+        for record in records:
+            sink.write(json.dumps(record) + "\n")
+            sink.flush()
+            if "error" in record:
+                print(f"skipped {record['error']}", file=sys.stderr)
+            tally.add(record)
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
+    return tally
+
+
+def progress_bar(total: int, enabled: bool, prog: str):
+    """A tqdm bar on stderr when it is a terminal (tqdm is optional for the runtime), else None."""
+    if not enabled or not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True, desc=prog)
