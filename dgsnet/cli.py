@@ -33,6 +33,39 @@ def _cmd_train(args, stage: int) -> int:
     return 0
 
 
+def _cmd_eval(args) -> int:
+    from dgsnet.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.ckpt, args.data, out_dir=args.out, head=args.head,
+                                 perturbations=args.perturb, captions=args.captions,
+                                 batch_size=args.batch_size, workers=args.workers, device=args.device,
+                                 strict=args.strict, plot=not args.no_plot)
+    print(result.markdown)
+    print("\n".join(f"{kind}: {path}" for kind, path in result.files.items()), file=sys.stderr)
+    return 0
+
+
+def _add_eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="per-generator accuracy, AP, real/fake accuracy and AUC of a checkpoint",
+                       description="Evaluates a run directory on every test subset (one generator each) "
+                                   "of --data; markdown on stdout, CSV/JSON/PNG files in --out.")
+    p.add_argument("--ckpt", required=True, help="finished run directory (model.safetensors + model.json)")
+    p.add_argument("--data", required=True,
+                   help="test root: <root>/<subset>/{0_real,1_fake}, or one {0_real,1_fake} folder")
+    p.add_argument("--out", default=None, help="report folder (default <ckpt>/eval/<data folder name>)")
+    p.add_argument("--perturb", nargs="*", default=None,
+                   help='robustness conditions, e.g. --perturb jpeg:95,75,50 blur:1,2 resize:0.5')
+    p.add_argument("--captions", default=None, help="captions JSON (not needed to score images)")
+    p.add_argument("--head", default="auto", choices=["auto", "student", "teacher"],
+                   help="auto: student for a stage-2 run, the teacher probe for a stage-1 run")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--strict", action="store_true", help="an unreadable image is an error, not a skip")
+    p.add_argument("--no-plot", action="store_true", help="no PNG charts")
+    p.set_defaults(func=_cmd_eval)
+
+
 def _add_train_parser(sub, name: str, stage: int, help_text: str) -> None:
     from dgsnet.train.config import add_config_arguments
 
@@ -57,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "stage 1: train the teacher probe (teacher_head) on frozen CLIP features")
     _add_train_parser(sub, "train", 2,
                       "stage 2: DGS-Net LoRA fine-tuning with gradient surgery (needs --teacher)")
+    _add_eval_parser(sub)
+    from dgsnet.demo.run import add_demo_parser
+    from dgsnet.export_cli import add_commands as add_export_commands
+
+    add_demo_parser(sub)
+    add_export_commands(sub)
     return parser
 
 
