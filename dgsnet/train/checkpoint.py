@@ -41,9 +41,12 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
-def write_model(directory: str, model, stage: int, config: dict, step: int) -> None:
+def write_model(directory: str, model, stage: int, config: dict, step: int,
+                state: dict[str, torch.Tensor] | None = None) -> None:
+    """`state` replaces model.trained_state_dict() (a sharded model passes its gathered tensors)."""
     os.makedirs(directory, exist_ok=True)
-    atomic_write(os.path.join(directory, MODEL_FILE), save(_contiguous(model.trained_state_dict())))
+    state = state if state is not None else model.trained_state_dict()
+    atomic_write(os.path.join(directory, MODEL_FILE), save(_contiguous(state)))
     meta = model_metadata(model, stage, config, step)
     atomic_write(os.path.join(directory, META_FILE), json.dumps(meta, indent=2))
 
@@ -111,13 +114,18 @@ def rng_state() -> dict[str, torch.Tensor]:
 
 def write_resume(run_dir: str, model, optimizer, scheduler, stage: int, config: dict,
                  position: dict, rng: dict[str, torch.Tensor] | None = None,
-                 extra: dict[str, torch.Tensor] | None = None) -> None:
-    """Writes resume/ as a whole: into a temporary directory, then swapped in by renames."""
+                 extra: dict[str, torch.Tensor] | None = None,
+                 model_state: dict[str, torch.Tensor] | None = None,
+                 optimizer_state: dict | None = None) -> None:
+    """Writes resume/ as a whole: into a temporary directory, then swapped in by renames.
+
+    model_state / optimizer_state replace the model's and optimizer's own state
+    dicts (a sharded run passes full tensors gathered from every rank)."""
     final = os.path.join(run_dir, RESUME_DIR)
     tmp, old = final + ".tmp", final + ".old"
     shutil.rmtree(tmp, ignore_errors=True)
-    write_model(tmp, model, stage, config, position["step"])
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    write_model(tmp, model, stage, config, position["step"], state=model_state)
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer_state or optimizer.state_dict())
     rng = rng if rng is not None else rng_state()
     atomic_write(os.path.join(tmp, "optimizer.safetensors"), save(_contiguous({
         **opt_tensors, **{f"rng.{k}": v for k, v in rng.items()},

@@ -59,6 +59,7 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     amp: str = "auto"  # auto (bf16 on GPU, off on CPU), bf16, fp16, off
     compile: bool = False  # torch.compile the image encoder
+    fsdp: bool = False  # stage 2 under torchrun: shard the image encoder (FSDP2); surgery none/feature
     seed: int = 0  # seed of data order, augmentation and dropout
     # outputs
     out: str = "runs/dgsnet"  # run directory: checkpoints, logs, resolved config

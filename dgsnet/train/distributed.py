@@ -14,6 +14,16 @@ How the DGS-Net math stays the single-process math on the global batch:
   then project (dgsnet.train.layer_surgery).
 - Gradient accumulation: no_sync() on all but the last micro-batch, so one
   all-reduce per optimiser step.
+
+Sharded training (--fsdp, stage 2): the image encoder's residual blocks are
+wrapped with FSDP2 (`fully_shard`), so each process holds 1/W of the frozen
+weights and of the LoRA tensors and their Adam state; the three heads stay
+replicated (the fused objective reads their weights directly) and their
+gradients are averaged by one all-reduce per step. Checkpoints gather full
+tensors on every rank and rank 0 writes the same files as an unsharded run,
+so a sharded run resumes unsharded and the other way round.
+Limits: layer/both surgery need whole per-tensor dot products and are refused;
+torch.compile is not applied; stage 1 (a linear probe) never shards.
 """
 from __future__ import annotations
 
@@ -108,3 +118,51 @@ def wrap(branch: TrainableBranch, ctx: DistContext, device: torch.device):
 
 def no_sync(ddp, active: bool):
     return ddp.no_sync() if (ddp is not None and active) else contextlib.nullcontext()
+
+
+def shard_encoder(visual: nn.Module, ctx: DistContext, device: torch.device) -> None:
+    """FSDP2: each residual block of the image encoder is its own shard unit, then the rest."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (ctx.world,))
+    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+    for block in blocks if blocks is not None else []:
+        fully_shard(block, mesh=mesh)
+    fully_shard(visual, mesh=mesh)
+
+
+def is_sharded(t) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def gather_full(state: dict) -> dict:
+    """Full tensors of a (possibly sharded) state dict; a collective: call it on every rank, same order."""
+    return {k: (v.full_tensor() if is_sharded(v) else v) for k, v in state.items()}
+
+
+def shard_like(full: torch.Tensor, param) -> torch.Tensor:
+    """`full` laid out like the sharded `param` (unchanged when `param` is a plain tensor)."""
+    if not is_sharded(param):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full.to(param.device, param.dtype), param.device_mesh, param.placements)
+
+
+def gather_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
+    state = optimizer.state_dict()
+    return {"state": {i: gather_full(s) for i, s in sorted(state["state"].items())},
+            "param_groups": state["param_groups"]}
+
+
+def shard_optimizer_state(state: dict, params: list) -> dict:
+    """A full optimizer state dict with every per-parameter tensor laid out like its parameter."""
+    out = {}
+    for i, s in state["state"].items():
+        p = params[int(i)]
+        out[i] = {k: shard_like(v, p) if torch.is_tensor(v) and v.shape == p.shape else v
+                  for k, v in s.items()}
+    return {"state": out, "param_groups": state["param_groups"]}

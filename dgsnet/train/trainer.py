@@ -23,7 +23,9 @@ from dgsnet.models import CaptionFeatureCache, DGSNetModel
 from dgsnet.surgery import dgs_objective
 from dgsnet.train import checkpoint as ckpt
 from dgsnet.train.config import TrainConfig
-from dgsnet.train.distributed import DistContext, TrainableBranch, no_sync, objective_scaling, wrap
+from dgsnet.train.distributed import (DistContext, TrainableBranch, gather_full, gather_optimizer_state,
+                                      is_sharded, no_sync, objective_scaling, shard_encoder, shard_like,
+                                      shard_optimizer_state, wrap)
 from dgsnet.train.layer_surgery import LayerSurgery
 from dgsnet.train.logger import RunLogger, memory_mb
 from dgsnet.train.sampler import EpochBatchSampler
@@ -93,6 +95,14 @@ class StageTrainer:
         self.log = RunLogger(self.run_dir, enabled=self.ctx.is_main, tensorboard=cfg.tensorboard)
         model.to(self.device)
         model.set_stage(stage)
+        self.sharded = stage == 2 and cfg.fsdp
+        if self.sharded:
+            _check_fsdp(cfg, self.ctx)
+            shard_encoder(model.visual, self.ctx, self.device)  # before the optimizer sees the parameters
+            local = sum(p.to_local().numel() if is_sharded(p) else p.numel() for p in model.visual.parameters())
+            total = sum(p.numel() for p in model.visual.parameters())
+            self.log.info(f"FSDP: image encoder sharded over {self.world} processes; this rank holds "
+                          f"{local:,} of {total:,} encoder parameters")
         self.params = model.stage_parameters(stage)
         lr = cfg.teacher_lr if stage == 1 else cfg.lr
         self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=tuple(cfg.betas),
@@ -110,10 +120,10 @@ class StageTrainer:
         if stage == 2 and cfg.surgery in ("layer", "both"):
             self.layer = LayerSurgery(model.lora_parameters(), cfg.layer_refresh, cfg.layer_eps, cfg.backend)
         self.encoder = model.visual
-        if cfg.compile:
+        if cfg.compile and not self.sharded:
             self.encoder.compile()
         self.ddp = None
-        if self.ctx.enabled:
+        if self.ctx.enabled and not self.sharded:
             branch = (TrainableBranch(model.teacher_head, []) if stage == 1 else
                       TrainableBranch(self.encoder, [model.student_head, model.text_head]))
             self.ddp = wrap(branch, self.ctx, self.device)
@@ -131,6 +141,10 @@ class StageTrainer:
             raise ValueError(f"{path} holds a stage-{state['stage']} run, not stage {self.stage}; "
                              "resume it with the matching command or pick another --out")
         ckpt.check_backbone(meta, self.model, path)
+        if self.sharded:  # checkpoints hold full tensors: lay each out like its sharded parameter
+            named = {self.model._full_name(k): v for k, v in self.model.named_parameters()}
+            tensors = {k: shard_like(v, named.get(self.model._full_name(k), v)) for k, v in tensors.items()}
+            opt_state = shard_optimizer_state(opt_state, self.params)
         self.model.load_trained_state_dict(tensors, source=path)
         self.optimizer.load_state_dict(opt_state)
         if state["scheduler"] is not None:
@@ -144,7 +158,13 @@ class StageTrainer:
                       f"batch {self.batch_in_epoch}")
         return True
 
+    def full_trained_state(self) -> dict[str, torch.Tensor] | None:
+        """The model's checkpoint tensors, gathered when sharded (a collective: every rank calls it)."""
+        return gather_full(self.model.trained_state_dict()) if self.sharded else None
+
     def _save_resume(self) -> None:
+        model_state = self.full_trained_state()
+        optimizer_state = gather_optimizer_state(self.optimizer) if self.sharded else None
         rng = ckpt.rng_state()
         if self.ctx.enabled:  # every rank's RNG goes into the one checkpoint rank 0 writes
             gathered = [None] * self.world
@@ -158,7 +178,8 @@ class StageTrainer:
             extra = {f"layer_u.{i}": u for i, u in enumerate(self.layer.directions)}
         ckpt.write_resume(self.run_dir, self.model, self.optimizer, self.scheduler, self.stage,
                           self.cfg.to_dict(), {"step": self.step, "epoch": self.epoch,
-                                               "batch": self.batch_in_epoch}, rng=rng, extra=extra)
+                                               "batch": self.batch_in_epoch}, rng=rng, extra=extra,
+                          model_state=model_state, optimizer_state=optimizer_state)
         self.ctx.barrier()
 
     # -- the loop ---------------------------------------------------------------------------
@@ -205,6 +226,8 @@ class StageTrainer:
             for p in self.params:
                 if p.grad is not None:
                     p.grad.mul_(self.cfg.accum / micro)
+        if self.sharded:  # FSDP reduced the encoder's gradients; the replicated heads need theirs
+            self.ctx.mean_([p.grad for p in self.params if p.grad is not None and not is_sharded(p)])
         if self.layer is not None:
             if self.ctx.enabled:  # layer steps ran under no_sync: average gradients, then u
                 self.ctx.mean_([p.grad for p in self.params if p.grad is not None])
@@ -255,6 +278,8 @@ class StageTrainer:
                 # One all-reduce per optimiser step: earlier micro-batches skip DDP's sync; layer
                 # surgery always does (it reduces gradients and u itself).
                 last = micro + 1 == cfg.accum or self.batch_in_epoch == self.batches_per_epoch
+                if self.sharded:  # FSDP's twin of no_sync: reduce-scatter only on the last micro-batch
+                    self.encoder.set_requires_gradient_sync(last)
                 with no_sync(self.ddp, self.layer is not None or not last):
                     loss, terms, feats_and_harmful = self.loss(images, labels, captions)
                     self._check_finite(loss, terms, paths)
@@ -328,6 +353,15 @@ class StageTrainer:
         self.ctx.barrier()
         if not self.ctx.is_main:
             self.caption_cache = CaptionFeatureCache(model.encode_captions, key=key, path=path)
+
+
+def _check_fsdp(cfg: TrainConfig, ctx: DistContext) -> None:
+    if not ctx.enabled:
+        raise ValueError("--fsdp shards the encoder across processes: launch with torchrun "
+                         "--nproc-per-node N (N >= 2), or drop --fsdp")
+    if cfg.surgery in ("layer", "both"):
+        raise ValueError(f"--fsdp supports --surgery none or feature, not {cfg.surgery}: per-layer "
+                         "surgery needs whole-tensor dot products; use DDP (drop --fsdp)")
 
 
 def _finished(cfg: TrainConfig) -> bool:
@@ -414,8 +448,9 @@ def train_dgs(cfg: TrainConfig, dataset: Dataset | None = None, resume: bool = F
     if resume and not trainer.resume():
         trainer.log.info(f"--resume: no checkpoint in {cfg.out}; starting from the beginning")
     trainer.fit()
+    state = trainer.full_trained_state()
     if ctx.is_main:
-        ckpt.write_model(cfg.out, model, 2, cfg.to_dict(), trainer.step)
+        ckpt.write_model(cfg.out, model, 2, cfg.to_dict(), trainer.step, state=state)
         ckpt.remove_resume(cfg.out)
         trainer.log.info(f"stage 2 done: detector written to {cfg.out}")
     ctx.barrier()

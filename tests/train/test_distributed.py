@@ -78,3 +78,32 @@ def test_two_process_resume_continues_the_run(tmp_path, teacher):
     assert state["position"]["step"] == 2
     run(2, dict(spec, out=cut, resume=True))
     assert_same_weights(full, cut, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_fsdp_two_processes_match_one_and_resume(tmp_path, teacher):
+    spec = dict(BASE, stage=2, teacher=teacher, epochs=1, surgery="feature", accum=2, ckpt_every=1)
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    run(1, dict(spec, out=one, batch_size=8))
+    run(2, dict(spec, out=two, batch_size=4, fsdp=True))
+    assert_same_weights(one, two)
+    with open(os.path.join(two, "log.txt")) as fh:
+        line = next(l for l in fh if "FSDP" in l)
+    local, total = (int(x.replace(",", "")) for x in line.split("holds ")[1].split(" encoder")[0].split(" of "))
+    assert local < 0.6 * total  # the rank really holds about half of the encoder
+    # an interrupted sharded run resumes (from the full-tensor checkpoint) to the same end
+    cut = str(tmp_path / "cut")
+    died = run(2, dict(spec, out=cut, batch_size=4, fsdp=True), env={"DIE_AFTER_ITEMS": str(4 * 5 + 2)},
+               check=False)
+    assert died.returncode != 0
+    assert json.load(open(os.path.join(cut, "resume", "state.json")))["position"]["step"] == 2
+    run(2, dict(spec, out=cut, batch_size=4, fsdp=True, resume=True))
+    assert_same_weights(two, cut, rtol=0, atol=0)
+
+
+def test_fsdp_refuses_layer_surgery_and_a_single_process(tmp_path, teacher):
+    spec = dict(BASE, stage=2, teacher=teacher, epochs=1, batch_size=4, fsdp=True)
+    proc = run(2, dict(spec, out=str(tmp_path / "a"), surgery="layer"), check=False)
+    assert proc.returncode != 0 and "--fsdp supports --surgery none or feature" in proc.stderr
+    proc = run(1, dict(spec, out=str(tmp_path / "b")), check=False)
+    assert proc.returncode != 0 and "torchrun" in proc.stderr
