@@ -1,6 +1,6 @@
 // Schema of every dgsnet op, in one place. Backends register their kernels
 // with TORCH_LIBRARY_IMPL in their own files; the Python side adds fake
-// (meta) kernels and autograd formulas (dgsnet/ops.py).
+// (meta) kernels and autograd formulas (dgsnet/surgery/ops.py).
 #include <torch/library.h>
 #include <torch/extension.h>
 
@@ -9,6 +9,37 @@ TORCH_LIBRARY(dgsnet, m) {
   // component along the unit (or zero) row h[i]. The orthogonal suppression
   // of DGS-Net applied to the gradient that reaches the features.
   m.def("project_rows(Tensor g, Tensor h) -> Tensor");
+
+  // The whole DGS-Net stage-2 objective (DESIGN section 1) in one pass over
+  // the rows. Heads are linear, so per row i with c = (sigmoid(z) - y) / B:
+  //   coef[i]  = (c_S, c_T, c_X, 1 / (||relu(c_X w_x)|| + eps))
+  //   harmful[i] = relu(c_X w_x) * coef[i, 3]
+  //   head_sums = [sum_i c_S f_i, sum_i c_S ; sum_i c_X t_i, sum_i c_X]  (2, D+1)
+  // so the backward needs no (B, D) input. total = img + text + lam * align
+  // (align is 0 and left out when with_align is false). project/published
+  // choose the backward: P(task + align), P(task) + align, or no projection.
+  // f, f_t, t share one floating dtype; labels, head weights (D elements) and
+  // biases (one element or None) are float32, or float64 for float64 features.
+  m.def(
+      "dgs_forward(Tensor f, Tensor f_t, Tensor t, Tensor y, Tensor w_s, Tensor w_t, Tensor w_x, "
+      "Tensor? b_s, Tensor? b_t, Tensor? b_x, float lam, float eps, bool with_align, bool project, "
+      "bool published) -> (Tensor total, Tensor img, Tensor text, Tensor align, Tensor teacher, "
+      "Tensor harmful, Tensor coef, Tensor head_sums)");
+
+  // Backward of dgs_forward from the saved per-row coefficients and the
+  // upstream gradients of total/img/text/align (None = 0): the surgical
+  // feature gradient (B, D) of dtype out_dtype, and the head gradients
+  // (2, D+1) = [d(student w, b) ; d(text w, b)].
+  m.def(
+      "dgs_backward(Tensor coef, Tensor head_sums, Tensor w_s, Tensor w_t, Tensor w_x, "
+      "Tensor? d_total, Tensor? d_img, Tensor? d_text, Tensor? d_align, float lam, "
+      "bool with_align, bool project, bool published, ScalarType out_dtype) "
+      "-> (Tensor grad_f, Tensor grad_heads)");
+
+  // In place, for every pair (g_l, u_l):  g_l -= <g_l, u_l> / (||u_l||^2 + eps) * u_l.
+  // The parameter-space (per-layer) surgery of DESIGN section 2, over a whole
+  // list of tensors in a fixed number of passes.
+  m.def("project_params_(Tensor(a!)[] grads, Tensor[] dirs, float eps) -> ()");
 }
 
 namespace {

@@ -1,7 +1,9 @@
 // CPU kernel of dgsnet::project_rows, parallel over rows.
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
-#include <torch/extension.h>
 
 #include "../shape_checks.h"
 

@@ -2,7 +2,8 @@
 // for half types, a block reduction for the row dot product.
 // c10/cuda headers only: ATen/cuda/CUDAContext.h would pull in cuBLAS and
 // cuSPARSE headers that a bare toolkit may not have.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>

@@ -3,6 +3,10 @@
 `dgs_objective` returns a loss whose backward delivers, into whatever produced
 the student features, the surgically modified gradient G_tilde, and ordinary
 gradients into the student and text heads (none into the teacher head).
+
+backend="reference" runs the plain-PyTorch formulation below (the
+specification); every other backend runs the fused op pair of
+dgsnet.surgery.fused, which must agree with it.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dgsnet.surgery import ops, reference
+from dgsnet.surgery import fused, ops, reference
 
 MODES = ("none", "feature", "layer", "both")
 # "published": project the sum of the task and alignment gradients (the
@@ -47,15 +51,14 @@ class _ProjectGrad(torch.autograd.Function):
     """Identity forward; backward removes each row's component along h (constant)."""
 
     @staticmethod
-    def forward(ctx, feats, harmful, backend):
+    def forward(ctx, feats, harmful):
         ctx.save_for_backward(harmful)
-        ctx.backend = backend
         return feats.view_as(feats)
 
     @staticmethod
     def backward(ctx, grad):
         (harmful,) = ctx.saved_tensors
-        return ops.project_rows(grad.contiguous(), harmful, ctx.backend), None, None
+        return reference.project_rows(grad, harmful), None
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -127,8 +130,10 @@ def dgs_objective(
             `harmful`), "both" (feature projection and the caller's).
         variant: "published" projects the sum of task and alignment
             gradients; "paper" projects the task gradient then adds alignment.
-        backend: implementation of the projection: reference, cpp, cuda,
-            triton or auto.
+        backend: reference (plain PyTorch, the specification), cpp, cuda or
+            triton (one fused op for the whole objective, forward and
+            backward), or auto: the fastest available for the features'
+            device (cuda on a GPU, cpp on the CPU, else reference).
         check_labels: verify labels are 0/1 (one device sync).
     """
     if mode not in MODES:
@@ -145,6 +150,13 @@ def dgs_objective(
     backend = ops.resolve_backend(backend, student_feats.device)
 
     dtype = _compute_dtype(student_feats.dtype)
+    if backend != "reference":
+        total, loss_img, loss_text, loss_align, loss_teacher, harmful = fused.fused_objective(
+            student_feats, teacher_feats, text_feats, labels, ((w_s, b_s), (w_t, b_t), (w_x, b_x)),
+            lam, eps, mode, variant, backend, dtype)
+        return DGSLoss(total=total, img=loss_img, text=loss_text, align=loss_align,
+                       teacher=loss_teacher, harmful=harmful)
+
     feats = student_feats.to(dtype)
     y = labels.detach().to(dtype)
 
@@ -168,9 +180,9 @@ def dgs_objective(
 
     project = mode in ("feature", "both")
     if project and variant == "published":
-        task_feats = align_feats = _ProjectGrad.apply(feats, harmful, backend)
+        task_feats = align_feats = _ProjectGrad.apply(feats, harmful)
     elif project:
-        task_feats, align_feats = _ProjectGrad.apply(feats, harmful, backend), feats
+        task_feats, align_feats = _ProjectGrad.apply(feats, harmful), feats
     else:
         task_feats = align_feats = feats
 

@@ -29,3 +29,10 @@ def harmful_direction(text_grad: torch.Tensor, eps: float) -> torch.Tensor:
 def project_rows(g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """g_i - <g_i, h_i> h_i for each row i (orthogonal suppression)."""
     return g - (g * h).sum(dim=1, keepdim=True) * h
+
+
+def project_params_(grads: list[torch.Tensor], directions: list[torch.Tensor], eps: float) -> None:
+    """In place, per tensor: g_l <- g_l - <g_l, u_l> / (||u_l||^2 + eps) * u_l (DESIGN section 2)."""
+    for g, u in zip(grads, directions):
+        coeff = (g * u).sum() / ((u * u).sum() + eps)
+        g.sub_(coeff * u)

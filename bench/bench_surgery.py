@@ -1,0 +1,200 @@
+"""Fused DGS objective (forward + backward) by backend, against the reference.
+
+One timed call = dgs_objective(...) and .backward() of its total, i.e. the
+surgery's whole cost in a training step (features given; the encoder is not
+timed). Competitors, on the same inputs in one run:
+  reference            plain PyTorch (the specification; the baseline of every ratio)
+  compiled_reference   torch.compile (inductor) of the same reference function
+  cpp                  dgsnet._C on the CPU
+  cuda, triton         on a GPU (Triton on the CPU only runs interpreted: not timed)
+  copy_floor           on a GPU: a device-to-device copy moving the bytes the fused
+                       step must move at least (read f, f_T, t; write h and the feature
+                       gradient: 5 B D elements), i.e. the memory-bound floor
+Ratios are reference time / backend time (higher is faster); each time is the
+median of 5 interleaved rounds (competitors take turns) of a median over
+--repeats calls. On a GPU the peak memory allocated during one call is
+reported too.
+
+    python bench/bench_surgery.py [--quick] [--device cpu|cuda] [--repeats N]
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from common import (base_parser, device_name, markdown_table, peak_memory_bytes,  # noqa: E402
+                    resolve_device, results_dir, time_call, write_results)
+from dgsnet.surgery import available_backends, dgs_objective  # noqa: E402
+
+BATCHES = (1, 32, 256, 4096)
+DIMS = (512, 768, 1024)
+
+
+def make_problem(batch, dim, device, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    feats = [torch.randn(batch, dim, generator=gen).to(device, dtype) for _ in range(3)]
+    labels = torch.randint(0, 2, (batch,), generator=gen).to(device, torch.float32)
+    heads = []
+    for _ in range(3):
+        lin = nn.Linear(dim, 1).to(device)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(1, dim, generator=gen) / dim ** 0.5)
+        heads.append(lin)
+    feats[0].requires_grad_(True)
+    return feats, labels, heads
+
+
+def step_fn(backend, feats, labels, heads):
+    f, f_t, t = feats
+
+    def step():
+        out = dgs_objective(f, f_t, t, labels, *heads, backend=backend, check_labels=False)
+        out.total.backward()
+        f.grad = None
+        for h in heads:
+            h.zero_grad(set_to_none=True)
+    return step
+
+
+def compiled_step_fn(compiled, feats, labels, heads):
+    f, f_t, t = feats
+
+    def step():
+        compiled(f, f_t, t, labels, *heads).backward()
+        f.grad = None
+        for h in heads:
+            h.zero_grad(set_to_none=True)
+    return step
+
+
+def reference_total(f, f_t, t, y, hs, ht, hx):
+    return dgs_objective(f, f_t, t, y, hs, ht, hx, backend="reference", check_labels=False).total
+
+
+def copy_floor_fn(batch, dim, device, dtype):
+    n = (5 * batch * dim + 1) // 2  # a copy reads n and writes n elements
+    src = torch.empty(n, device=device, dtype=dtype)
+    dst = torch.empty_like(src)
+    return lambda: dst.copy_(src)
+
+
+def add_threads_option(parser):
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op CPU threads (default on the CPU: 1; on a shared machine "
+                             "OpenMP barriers of oversubscribed threads stall for whole time "
+                             "slices, which hits many-op baselines at random)")
+
+
+def set_threads(threads, device):
+    if threads is None and device.type == "cpu":
+        threads = 1
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def interleaved_times(fns, device, repeats, rounds):
+    """Median over `rounds` of each competitor's median time, the competitors taking turns,
+    so load changes on a shared machine hit every competitor alike."""
+    samples = {name: [] for name in fns}
+    for name, fn in fns.items():  # warm-up (and torch.compile) outside the timed rounds
+        time_call(fn, device, warmup=3, repeats=1)
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name].append(time_call(fn, device, warmup=1, repeats=repeats))
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def main(argv=None):
+    p = base_parser(__doc__.splitlines()[0])
+    add_threads_option(p)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
+    args = p.parse_args(argv)
+    device = resolve_device(args.device)
+    set_threads(args.threads, device)
+    dtype = getattr(torch, args.dtype)
+    batches, dims = ((1, 32), (512,)) if args.quick else (BATCHES, DIMS)
+    repeats = args.repeats or (3 if args.quick else 10)
+    backends = [b for b in available_backends(device)
+                if b != "reference" and not (b == "triton" and device.type == "cpu")]
+    # One specialised graph per shape (dynamic shapes ran slower on the CPU), all kept.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    compiled = None if args.no_compile else torch.compile(reference_total, dynamic=False)
+
+    rows = []
+    for batch in batches:
+        for dim in dims:
+            feats, labels, heads = make_problem(batch, dim, device, dtype)
+            fns = {"reference": step_fn("reference", feats, labels, heads)}
+            if compiled is not None:
+                fns["compiled_reference"] = compiled_step_fn(compiled, feats, labels, heads)
+            for b in backends:
+                fns[b] = step_fn(b, feats, labels, heads)
+            if device.type == "cuda":
+                fns["copy_floor"] = copy_floor_fn(batch, dim, device, dtype)
+            times = interleaved_times(fns, device, repeats, rounds=1 if args.quick else 5)
+            row = {"B": batch, "D": dim}
+            for name, sec in times.items():
+                row[f"{name}_us"] = sec * 1e6
+            for name, sec in times.items():
+                if name != "reference":
+                    row[f"{name}_speedup"] = times["reference"] / sec
+            if device.type == "cuda":
+                for name, fn in fns.items():
+                    row[f"{name}_peak_MiB"] = peak_memory_bytes(fn, device) / 2 ** 20
+            rows.append(row)
+            print(f"B={batch} D={dim}: " + ", ".join(f"{k}={v * 1e6:.1f}us" for k, v in times.items()),
+                  flush=True)
+
+    names = [n for n in rows[0] if n.endswith("_speedup")]
+    table = markdown_table(rows, ["B", "D", "reference_us", *names])
+    dev = device_name(device)
+    print(f"\nfused DGS objective, forward + backward, {args.dtype}, on {dev}: "
+          f"reference time and speedup over it (x)\n")
+    print(table)
+    out_dir = results_dir(args, device)
+    path = write_results(out_dir, "bench_surgery", rows,
+                         {"device": dev, "dtype": args.dtype, "quick": args.quick,
+                          "threads": torch.get_num_threads(), "backends": list(fns),
+                          "definition": "time of dgs_objective + backward of total; "
+                                        "speedup = reference / backend"})
+    with open(os.path.join(out_dir, "bench_surgery.md"), "w") as fh:
+        fh.write(f"fused DGS objective fwd+bwd, {args.dtype}, {dev}\n\n{table}\n")
+    plot(rows, names, os.path.join(out_dir, "bench_surgery.png"), dev)
+    print(f"\nwrote {path}")
+
+
+def plot(rows, names, path, dev):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dims = sorted({r["D"] for r in rows})
+    fig, axes = plt.subplots(1, len(dims), figsize=(4.5 * len(dims), 3.8), squeeze=False)
+    for ax, dim in zip(axes[0], dims):
+        sub = [r for r in rows if r["D"] == dim]
+        for name in names:
+            ax.plot([r["B"] for r in sub], [r[name] for r in sub], marker="o",
+                    label=name.replace("_speedup", ""))
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(f"D={dim}")
+        ax.set_xlabel("batch B")
+        ax.set_ylabel("speedup over reference (x)")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"DGS objective fwd+bwd on {dev}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,454 @@
+// CUDA kernels of dgsnet::dgs_forward / dgs_backward (schema in csrc/ops.cpp,
+// CPU twin in csrc/cpu/dgs_objective.cpp). One launch per call each.
+//
+// Forward: block b owns a contiguous run of rows.
+//   Phase A (one warp per row): five dot products in one read of the row,
+//     <f, w_S>, <f_T, w_T>, <t, w_X>, <f, min(w_T, 0)>, <f, max(w_T, 0)>;
+//     the last two give the alignment term <f, min(c_T w_T, 0)> for either
+//     sign of c_T. Lane 0 writes the row's coefficients.
+//   Phase B (one thread per column): the block's share of
+//     sum_i c_S f_i and sum_i c_X t_i, and the harmful rows.
+//   The block writes its partial sums to a workspace; the last block to
+//   finish (atomic ticket after a memory fence) adds the partials in block
+//   order, so the result does not depend on scheduling, and resets the
+//   ticket for the next call on this stream.
+// Backward: one warp per row, reading only the saved (B, 4) coefficients and
+// the three D-vectors of head weights; the head gradients are scaled sums.
+//
+// Features may be float32, float64, float16 or bfloat16; everything is
+// accumulated in float32 (float64 for float64 features). Upstream gradients
+// and biases are read on the device: no host synchronisation.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/library.h>
+
+#include <array>
+#include <map>
+#include <mutex>
+#include <utility>
+
+#include "../dgs_math.h"
+#include "../shape_checks.h"
+
+namespace dgsnet {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+// Sum over the block; every thread gets the result. `scratch` holds kWarps values.
+template <typename T>
+__device__ __forceinline__ T block_sum(T v, T* scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  v = warp_sum(v);
+  __syncthreads();  // scratch may still be read from a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  T total = T(0);
+  for (int w = 0; w < kWarps; ++w) total += scratch[w];  // same order in every thread
+  return total;
+}
+
+template <typename T>
+__device__ __forceinline__ T load_or_zero(const T* p) {
+  return p == nullptr ? T(0) : *p;
+}
+
+template <typename scalar_t, typename acc_t>
+struct ForwardParams {
+  const scalar_t* f;
+  const scalar_t* ft;
+  const scalar_t* t;
+  int64_t ld_f, ld_ft, ld_t;  // row strides (elements); unit column stride
+  const acc_t* y;
+  const acc_t* ws;
+  const acc_t* wt;
+  const acc_t* wx;
+  const acc_t* bs;  // nullptr: no bias
+  const acc_t* bt;
+  const acc_t* bx;
+  int64_t batch, dim, rows_per_block;
+  acc_t lam, eps;
+  bool with_align;
+  acc_t* harmful;    // (B, D)
+  acc_t* coef;       // (B, 4)
+  acc_t* head_sums;  // (2, D+1)
+  acc_t* total;  // five separate scalars
+  acc_t* img;
+  acc_t* text;
+  acc_t* align;
+  acc_t* teacher;
+  acc_t* partial;  // (gridDim.x, 2 (D+1) + 4)
+  unsigned int* ticket;
+};
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+dgs_forward_kernel(const ForwardParams<scalar_t, acc_t> p) {
+  __shared__ acc_t scratch[kWarps];
+  __shared__ acc_t warp_losses[kWarps][4];
+  __shared__ bool is_last;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t D = p.dim;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * p.rows_per_block;
+  const int64_t r1 = min(p.batch, r0 + p.rows_per_block);
+  const acc_t batch = static_cast<acc_t>(p.batch);
+
+  // ||relu(w_X)|| and ||relu(-w_X)||: ||relu(c w_X)|| = |c| times one of them.
+  acc_t pos = 0, neg = 0;
+  for (int64_t j = threadIdx.x; j < D; j += kThreads) {
+    const acc_t v = p.wx[j];
+    if (v > acc_t(0)) pos += v * v; else neg += v * v;
+  }
+  const acc_t norm_pos = sqrt(block_sum(pos, scratch));
+  const acc_t norm_neg = sqrt(block_sum(neg, scratch));
+  const acc_t bs = load_or_zero(p.bs), bt = load_or_zero(p.bt), bx = load_or_zero(p.bx);
+
+  // Phase A: a warp per row.
+  acc_t l_img = 0, l_text = 0, l_align = 0, l_teacher = 0;  // meaningful in lane 0
+  for (int64_t r = r0 + warp; r < r1; r += kWarps) {
+    const scalar_t* fr = p.f + r * p.ld_f;
+    const scalar_t* ftr = p.ft + r * p.ld_ft;
+    const scalar_t* tr = p.t + r * p.ld_t;
+    acc_t zs = 0, zt = 0, zx = 0, fneg = 0, fpos = 0;
+    for (int64_t j = lane; j < D; j += 32) {
+      const acc_t fv = static_cast<acc_t>(fr[j]);
+      const acc_t wtj = p.wt[j];
+      zs += fv * p.ws[j];
+      zt += static_cast<acc_t>(ftr[j]) * wtj;
+      zx += static_cast<acc_t>(tr[j]) * p.wx[j];
+      fneg += fv * (wtj < acc_t(0) ? wtj : acc_t(0));
+      fpos += fv * (wtj > acc_t(0) ? wtj : acc_t(0));
+    }
+    zs = warp_sum(zs) + bs;
+    zt = warp_sum(zt) + bt;
+    zx = warp_sum(zx) + bx;
+    fneg = warp_sum(fneg);
+    fpos = warp_sum(fpos);
+    if (lane == 0) {
+      const acc_t y = p.y[r];
+      acc_t sig_s, sig_t, sig_x, bce_s, bce_t, bce_x;
+      sigmoid_and_bce(zs, y, &sig_s, &bce_s);
+      sigmoid_and_bce(zt, y, &sig_t, &bce_t);
+      sigmoid_and_bce(zx, y, &sig_x, &bce_x);
+      const acc_t cs = (sig_s - y) / batch, ct = (sig_t - y) / batch, cx = (sig_x - y) / batch;
+      acc_t* cr = p.coef + r * kCoefCount;
+      cr[kCoefS] = cs;
+      cr[kCoefT] = ct;
+      cr[kCoefX] = cx;
+      cr[kCoefInvNorm] = acc_t(1) / (fabs(cx) * (cx > acc_t(0) ? norm_pos : norm_neg) + p.eps);
+      // min(c w, 0) = c min(w, 0) for c > 0 and c max(w, 0) for c < 0.
+      l_align += ct * (ct > acc_t(0) ? fneg : fpos);
+      l_img += bce_s;
+      l_text += bce_x;
+      l_teacher += bce_t;
+    }
+  }
+  if (lane == 0) {
+    warp_losses[warp][0] = l_img;
+    warp_losses[warp][1] = l_text;
+    warp_losses[warp][2] = l_align;
+    warp_losses[warp][3] = l_teacher;
+  }
+  __syncthreads();  // the block's coefficient rows (global) and warp_losses are visible
+
+  // Phase B: a thread per column, over the block's rows.
+  acc_t* part = p.partial + static_cast<int64_t>(blockIdx.x) * (2 * (D + 1) + 4);
+  for (int64_t j = threadIdx.x; j < D; j += kThreads) {
+    const acc_t wxj = p.wx[j];
+    acc_t sf = 0, st = 0;
+    for (int64_t r = r0; r < r1; ++r) {
+      const acc_t* cr = p.coef + r * kCoefCount;
+      const acc_t cs = cr[kCoefS], cx = cr[kCoefX];
+      sf += cs * static_cast<acc_t>(p.f[r * p.ld_f + j]);
+      st += cx * static_cast<acc_t>(p.t[r * p.ld_t + j]);
+      const acc_t g = cx * wxj;
+      p.harmful[r * D + j] = (g > acc_t(0) ? g : acc_t(0)) * cr[kCoefInvNorm];
+    }
+    part[j] = sf;
+    part[D + 1 + j] = st;
+  }
+  if (threadIdx.x == 0) {
+    acc_t sum_s = 0, sum_x = 0;
+    for (int64_t r = r0; r < r1; ++r) {
+      sum_s += p.coef[r * kCoefCount + kCoefS];
+      sum_x += p.coef[r * kCoefCount + kCoefX];
+    }
+    part[D] = sum_s;
+    part[2 * D + 1] = sum_x;
+    for (int k = 0; k < 4; ++k) {
+      acc_t s = 0;
+      for (int w = 0; w < kWarps; ++w) s += warp_losses[w][k];
+      part[2 * (D + 1) + k] = s;
+    }
+  }
+
+  // The last block to finish adds every block's partial sums, in block order.
+  __threadfence();
+  __syncthreads();
+  // atomicInc wraps to 0 at the last arrival: the ticket is ready for the next call.
+  if (threadIdx.x == 0) is_last = atomicInc(p.ticket, gridDim.x - 1) == gridDim.x - 1;
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  const int64_t width = 2 * (D + 1) + 4;
+  for (int64_t c = threadIdx.x; c < width; c += kThreads) {
+    acc_t s = 0;
+    for (unsigned int b = 0; b < gridDim.x; ++b) s += __ldcg(p.partial + b * width + c);  // skip L1
+    if (c < 2 * (D + 1)) {
+      p.head_sums[c] = s;
+    } else {
+      scratch[c - 2 * (D + 1)] = s / batch;  // img, text, align, teacher (kWarps >= 4)
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const acc_t img = scratch[0], text = scratch[1], teacher = scratch[3];
+    const acc_t align = p.with_align ? scratch[2] : acc_t(0);
+    *p.total = p.with_align ? img + text + p.lam * align : img + text;
+    *p.img = img;
+    *p.text = text;
+    *p.align = align;
+    *p.teacher = teacher;
+  }
+}
+
+// One zeroed ticket per (device, stream): calls on one stream run in order,
+// and each call's last block wraps it back to 0, so it is cleared only once.
+unsigned int* stream_ticket(const c10::cuda::CUDAStream& stream) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, int64_t>, at::Tensor> tickets;
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto key = std::make_pair(static_cast<int>(stream.device_index()), stream.id());
+  auto it = tickets.find(key);
+  if (it == tickets.end()) {
+    at::Tensor t = at::empty({1}, at::TensorOptions().dtype(at::kInt).device(at::kCUDA, key.first));
+    C10_CUDA_CHECK(cudaMemsetAsync(t.data_ptr(), 0, sizeof(unsigned int), stream.stream()));
+    it = tickets.emplace(key, t).first;
+  }
+  return reinterpret_cast<unsigned int*>(it->second.data_ptr<int>());
+}
+
+template <typename acc_t>
+const acc_t* optional_ptr(const std::optional<at::Tensor>& x) {
+  return x.has_value() && x->defined() ? x->data_ptr<acc_t>() : nullptr;
+}
+
+std::optional<at::Tensor> contiguous_or_none(const std::optional<at::Tensor>& x) {
+  if (!x.has_value() || !x->defined()) return std::nullopt;
+  return x->contiguous();
+}
+
+using ForwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                              at::Tensor, at::Tensor, at::Tensor>;
+
+ForwardOut dgs_forward_cuda(const at::Tensor& f_in, const at::Tensor& ft_in, const at::Tensor& t_in,
+                            const at::Tensor& y_in, const at::Tensor& w_s, const at::Tensor& w_t,
+                            const at::Tensor& w_x, const std::optional<at::Tensor>& b_s_in,
+                            const std::optional<at::Tensor>& b_t_in,
+                            const std::optional<at::Tensor>& b_x_in, double lam, double eps,
+                            bool with_align, bool /*project*/, bool /*published*/) {
+  check_dgs_forward_args(f_in, ft_in, t_in, y_in, w_s, w_t, w_x, b_s_in, b_t_in, b_x_in);
+  TORCH_CHECK(f_in.is_cuda(), "dgsnet::dgs_forward (cuda): tensors are on ", f_in.device());
+  const c10::cuda::CUDAGuard guard(f_in.device());
+  const at::Tensor f = dgs_rows(f_in), ft = dgs_rows(ft_in), t = dgs_rows(t_in);
+  const at::Tensor y = y_in.contiguous(), ws = w_s.contiguous(), wt = w_t.contiguous(),
+                   wx = w_x.contiguous();
+  const auto b_s = contiguous_or_none(b_s_in), b_t = contiguous_or_none(b_t_in),
+             b_x = contiguous_or_none(b_x_in);
+  const int64_t batch = f.size(0), dim = f.size(1);
+  const auto opts = f.options().dtype(dgs_acc_type(f.scalar_type()));
+  at::Tensor harmful = at::empty({batch, dim}, opts);
+  at::Tensor coef = at::empty({batch, kCoefCount}, opts);
+  at::Tensor head_sums = at::empty({2, dim + 1}, opts);
+  std::array<at::Tensor, 5> losses;  // separate outputs: a custom op's outputs may not alias
+  for (auto& l : losses) l = at::empty({}, opts);
+
+  // Two blocks per SM, each owning a run of rows; the partials cost one row
+  // of 2 (D+1) + 4 sums per block.
+  int device_sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&device_sms, cudaDevAttrMultiProcessorCount,
+                                        f.device().index()));
+  const int64_t target_blocks = std::max<int64_t>(1, 2 * static_cast<int64_t>(device_sms));
+  const int64_t rows_per_block = (batch + target_blocks - 1) / target_blocks;
+  const int64_t blocks = (batch + rows_per_block - 1) / rows_per_block;
+  at::Tensor partial = at::empty({blocks, 2 * (dim + 1) + 4}, opts);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  unsigned int* ticket = stream_ticket(stream);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.scalar_type(),
+                                  "dgsnet_dgs_forward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    ForwardParams<scalar_t, acc_t> p;
+    p.f = f.const_data_ptr<scalar_t>();
+    p.ft = ft.const_data_ptr<scalar_t>();
+    p.t = t.const_data_ptr<scalar_t>();
+    p.ld_f = f.stride(0);
+    p.ld_ft = ft.stride(0);
+    p.ld_t = t.stride(0);
+    p.y = y.const_data_ptr<acc_t>();
+    p.ws = ws.const_data_ptr<acc_t>();
+    p.wt = wt.const_data_ptr<acc_t>();
+    p.wx = wx.const_data_ptr<acc_t>();
+    p.bs = optional_ptr<acc_t>(b_s);
+    p.bt = optional_ptr<acc_t>(b_t);
+    p.bx = optional_ptr<acc_t>(b_x);
+    p.batch = batch;
+    p.dim = dim;
+    p.rows_per_block = rows_per_block;
+    p.lam = static_cast<acc_t>(lam);
+    p.eps = static_cast<acc_t>(eps);
+    p.with_align = with_align;
+    p.harmful = harmful.data_ptr<acc_t>();
+    p.coef = coef.data_ptr<acc_t>();
+    p.head_sums = head_sums.data_ptr<acc_t>();
+    p.total = losses[0].data_ptr<acc_t>();
+    p.img = losses[1].data_ptr<acc_t>();
+    p.text = losses[2].data_ptr<acc_t>();
+    p.align = losses[3].data_ptr<acc_t>();
+    p.teacher = losses[4].data_ptr<acc_t>();
+    p.partial = partial.data_ptr<acc_t>();
+    p.ticket = ticket;
+    dgs_forward_kernel<scalar_t, acc_t>
+        <<<static_cast<unsigned int>(blocks), kThreads, 0, stream.stream()>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {losses[0], losses[1], losses[2], losses[3], losses[4], harmful, coef, head_sums};
+}
+
+template <typename acc_t, typename out_t>
+struct BackwardParams {
+  const acc_t* coef;
+  const acc_t* sums;  // (2, D+1)
+  const acc_t* ws;
+  const acc_t* wt;
+  const acc_t* wx;
+  const acc_t* d_total;  // nullptr: no upstream gradient (0)
+  const acc_t* d_img;
+  const acc_t* d_text;
+  const acc_t* d_align;
+  int64_t batch, dim;
+  acc_t lam;
+  bool with_align, project, published;
+  out_t* out;         // (B, D)
+  acc_t* grad_heads;  // (2, D+1)
+};
+
+template <typename acc_t, typename out_t>
+__global__ void __launch_bounds__(kThreads)
+dgs_backward_kernel(const BackwardParams<acc_t, out_t> p) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t D = p.dim;
+  const acc_t dt = load_or_zero(p.d_total), di = load_or_zero(p.d_img),
+              dx = load_or_zero(p.d_text), da = load_or_zero(p.d_align);
+  const acc_t scale_s = dt + di, scale_x = dt + dx;
+  const acc_t scale_a =
+      p.with_align ? (p.lam * dt + da) / static_cast<acc_t>(p.batch) : acc_t(0);
+
+  // Head gradients: scaled sums, spread over every thread of the grid.
+  const int64_t n_heads = 2 * (D + 1);
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n_heads;
+       i += static_cast<int64_t>(gridDim.x) * kThreads)
+    p.grad_heads[i] = (i <= D ? scale_s : scale_x) * p.sums[i];
+
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
+  if (r >= p.batch) return;
+  // The alignment gradient joins the projected part (published) or is added after (paper).
+  const bool align_inside = !p.project || p.published;
+  const acc_t a_in = align_inside ? scale_a : acc_t(0);
+  const acc_t a_out = align_inside ? acc_t(0) : scale_a;
+  const acc_t* cr = p.coef + r * kCoefCount;
+  const acc_t as = scale_s * cr[kCoefS], ct = cr[kCoefT], cx = cr[kCoefX],
+              inv = cr[kCoefInvNorm];
+  acc_t dot = 0;
+  if (p.project) {
+    for (int64_t j = lane; j < D; j += 32) {
+      const acc_t b = fmin(ct * p.wt[j], acc_t(0));
+      const acc_t h = fmax(cx * p.wx[j], acc_t(0)) * inv;
+      dot += (as * p.ws[j] + a_in * b) * h;
+    }
+    dot = warp_sum(dot);
+  }
+  out_t* o = p.out + r * D;
+  for (int64_t j = lane; j < D; j += 32) {
+    const acc_t b = fmin(ct * p.wt[j], acc_t(0));
+    const acc_t h = fmax(cx * p.wx[j], acc_t(0)) * inv;
+    o[j] = static_cast<out_t>(as * p.ws[j] + a_in * b - dot * h + a_out * b);
+  }
+}
+
+template <typename acc_t>
+const acc_t* upstream_ptr(const std::optional<at::Tensor>& g) {
+  return g.has_value() && g->defined() ? g->const_data_ptr<acc_t>() : nullptr;
+}
+
+std::tuple<at::Tensor, at::Tensor> dgs_backward_cuda(
+    const at::Tensor& coef_in, const at::Tensor& head_sums, const at::Tensor& w_s,
+    const at::Tensor& w_t, const at::Tensor& w_x, const std::optional<at::Tensor>& d_total,
+    const std::optional<at::Tensor>& d_img, const std::optional<at::Tensor>& d_text,
+    const std::optional<at::Tensor>& d_align, double lam, bool with_align, bool project,
+    bool published, at::ScalarType out_dtype) {
+  check_dgs_backward_args(coef_in, head_sums, w_s, w_t, w_x, {d_total, d_img, d_text, d_align});
+  TORCH_CHECK(coef_in.is_cuda(), "dgsnet::dgs_backward (cuda): tensors are on ", coef_in.device());
+  TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kDouble || out_dtype == at::kHalf ||
+                  out_dtype == at::kBFloat16,
+              "dgsnet::dgs_backward (cuda): out_dtype must be a floating type, got ", out_dtype);
+  const c10::cuda::CUDAGuard guard(coef_in.device());
+  const at::Tensor coef = coef_in.contiguous(), ws = w_s.contiguous(), wt = w_t.contiguous(),
+                   wx = w_x.contiguous(), sums = head_sums.contiguous();
+  const int64_t batch = coef.size(0), dim = ws.numel();
+  at::Tensor grad_f = at::empty({batch, dim}, coef.options().dtype(out_dtype));
+  at::Tensor grad_heads = at::empty({2, dim + 1}, coef.options());
+  const int64_t blocks = (batch + kWarps - 1) / kWarps;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(coef.scalar_type(), "dgsnet_dgs_backward_cuda_acc", [&] {
+    using acc_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype,
+                                    "dgsnet_dgs_backward_cuda_out", [&] {
+      using out_t = scalar_t;
+      BackwardParams<acc_t, out_t> p;
+      p.coef = coef.const_data_ptr<acc_t>();
+      p.sums = sums.const_data_ptr<acc_t>();
+      p.ws = ws.const_data_ptr<acc_t>();
+      p.wt = wt.const_data_ptr<acc_t>();
+      p.wx = wx.const_data_ptr<acc_t>();
+      p.d_total = upstream_ptr<acc_t>(d_total);
+      p.d_img = upstream_ptr<acc_t>(d_img);
+      p.d_text = upstream_ptr<acc_t>(d_text);
+      p.d_align = upstream_ptr<acc_t>(d_align);
+      p.batch = batch;
+      p.dim = dim;
+      p.lam = static_cast<acc_t>(lam);
+      p.with_align = with_align;
+      p.project = project;
+      p.published = published;
+      p.out = grad_f.data_ptr<out_t>();
+      p.grad_heads = grad_heads.data_ptr<acc_t>();
+      dgs_backward_kernel<acc_t, out_t>
+          <<<static_cast<unsigned int>(blocks), kThreads, 0, stream.stream()>>>(p);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {grad_f, grad_heads};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dgsnet, CUDA, m) {
+  m.impl("dgs_forward", &dgs_forward_cuda);
+  m.impl("dgs_backward", &dgs_backward_cuda);
+}
+
+}  // namespace dgsnet
