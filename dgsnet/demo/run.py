@@ -40,12 +40,12 @@ On real data with pretrained weights (ViT-L/14, OpenAI; downloads the weights on
 class DemoConfig:
     out: str = "runs/demo"
     seed: int = 0
-    model: str = "dgs-tiny"
+    model: str = "dgs-small"
     methods: list[str] = field(default_factory=lambda: list(METHODS))
-    per_class: int = 64  # training images per class (the builder's default)
+    per_class: int = 128  # training images per class
     test_per_class: int = 24  # test images per class and family
-    teacher_epochs: int = 6
-    epochs: int = 4
+    teacher_epochs: int = 10
+    epochs: int = 8
     batch_size: int = 16
     lr: float = 2e-3
     teacher_lr: float = 2e-2
@@ -194,7 +194,7 @@ def add_demo_parser(sub) -> None:
                        formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="output folder (finished stages are reused)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", default="dgs-tiny", help="open_clip config (dgs-tiny, dgs-small, ...)")
+    p.add_argument("--model", default="dgs-small", help="open_clip config (dgs-tiny, dgs-small, ...)")
     p.add_argument("--methods", default=None,
                    help=f"comma-separated subset of: {', '.join(METHODS)} (default: all)")
     p.add_argument("--quick", action="store_true", help="tiny data and one epoch per stage (smoke test)")
