@@ -180,6 +180,18 @@ def _forward_cols_kernel(f_ptr, t_ptr, ld_f, ld_t, coef_ptr, rowloss_ptr, sums_p
         tl.store(teacher_ptr, teacher)
 
 
+@triton.jit
+def _weights_b_h(ws_ptr, wt_ptr, wx_ptr, cols, cmask, ct, cx, inv):
+    """Student weights of these columns, and per row the beneficial b = min(c_T w_T, 0) and
+    harmful h = relu(c_X w_X) / (||relu(c_X w_X)|| + eps) (inv is that reciprocal norm)."""
+    ws = tl.load(ws_ptr + cols, mask=cmask, other=0.0)
+    wt = tl.load(wt_ptr + cols, mask=cmask, other=0.0)
+    wx = tl.load(wx_ptr + cols, mask=cmask, other=0.0)
+    b = tl.minimum(ct[:, None] * wt[None, :], 0.0)
+    h = tl.maximum(cx[:, None] * wx[None, :], 0.0) * inv[:, None]
+    return ws, b, h
+
+
 @autotuned(_row_configs(), key=["D"], fallback=_ROW_FALLBACK)
 @triton.jit
 def _backward_kernel(coef_ptr, sums_ptr, ws_ptr, wt_ptr, wx_ptr, dt_ptr, di_ptr, dx_ptr, da_ptr,
@@ -232,20 +244,12 @@ def _backward_kernel(coef_ptr, sums_ptr, ws_ptr, wt_ptr, wx_ptr, dt_ptr, di_ptr,
         for d0 in range(0, D, BLOCK_D):
             cols = d0 + cols0
             cmask = cols < D
-            ws = tl.load(ws_ptr + cols, mask=cmask, other=0.0)
-            wt = tl.load(wt_ptr + cols, mask=cmask, other=0.0)
-            wx = tl.load(wx_ptr + cols, mask=cmask, other=0.0)
-            b = tl.minimum(ct[:, None] * wt[None, :], 0.0)
-            h = tl.maximum(cx[:, None] * wx[None, :], 0.0) * inv[:, None]
+            ws, b, h = _weights_b_h(ws_ptr, wt_ptr, wx_ptr, cols, cmask, ct, cx, inv)
             dot += tl.sum((as_[:, None] * ws[None, :] + a_in * b) * h, axis=1)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + cols0
         cmask = cols < D
-        ws = tl.load(ws_ptr + cols, mask=cmask, other=0.0)
-        wt = tl.load(wt_ptr + cols, mask=cmask, other=0.0)
-        wx = tl.load(wx_ptr + cols, mask=cmask, other=0.0)
-        b = tl.minimum(ct[:, None] * wt[None, :], 0.0)
-        h = tl.maximum(cx[:, None] * wx[None, :], 0.0) * inv[:, None]
+        ws, b, h = _weights_b_h(ws_ptr, wt_ptr, wx_ptr, cols, cmask, ct, cx, inv)
         g = as_[:, None] * ws[None, :] + a_in * b - dot[:, None] * h + a_out * b
         tl.store(out_ptr + rows64[:, None] * D + cols[None, :], g.to(out_ptr.dtype.element_ty),
                  mask=rmask[:, None] & cmask[None, :])

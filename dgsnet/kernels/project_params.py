@@ -23,17 +23,24 @@ def _dot_configs():
     return [triton.Config({"BLOCK": b}, num_warps=w) for b, w in [(1024, 4), (2048, 8), (4096, 8)]]
 
 
-@autotuned(_dot_configs(), key=["n_chunks"], fallback=triton.Config({"BLOCK": 4096}, num_warps=1))
 @triton.jit
-def _chunk_dot_norm_kernel(g_base, u_base, table_ptr, partial_ptr, n_tensors, n_chunks,
-                           CHUNK: tl.constexpr, BLOCK: tl.constexpr):
-    c = tl.program_id(0)
+def _chunk(table_ptr, n_tensors, c, CHUNK: tl.constexpr):
+    """Chunk c's tensor index, start within it, the tensor's g/u offsets and the chunk length."""
     chunk_row = table_ptr + 4 * n_tensors + 2 * c
     tensor = tl.load(chunk_row)
     start = tl.load(chunk_row + 1)
     g_off = tl.load(table_ptr + 4 * tensor)
     u_off = tl.load(table_ptr + 4 * tensor + 1)
     n = tl.minimum(tl.load(table_ptr + 4 * tensor + 2) - start, CHUNK)
+    return tensor, start, g_off, u_off, n
+
+
+@autotuned(_dot_configs(), key=["n_chunks"], fallback=triton.Config({"BLOCK": 4096}, num_warps=1))
+@triton.jit
+def _chunk_dot_norm_kernel(g_base, u_base, table_ptr, partial_ptr, n_tensors, n_chunks,
+                           CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    c = tl.program_id(0)
+    tensor, start, g_off, u_off, n = _chunk(table_ptr, n_tensors, c, CHUNK)
     dot = tl.zeros([BLOCK], dtype=tl.float64)
     norm2 = tl.zeros([BLOCK], dtype=tl.float64)
     for j0 in range(0, CHUNK, BLOCK):
@@ -52,12 +59,7 @@ def _chunk_dot_norm_kernel(g_base, u_base, table_ptr, partial_ptr, n_tensors, n_
 def _chunk_update_kernel(g_base, u_base, table_ptr, partial_ptr, n_tensors, n_chunks, eps,
                          CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     c = tl.program_id(0)
-    chunk_row = table_ptr + 4 * n_tensors + 2 * c
-    tensor = tl.load(chunk_row)
-    start = tl.load(chunk_row + 1)
-    g_off = tl.load(table_ptr + 4 * tensor)
-    u_off = tl.load(table_ptr + 4 * tensor + 1)
-    n = tl.minimum(tl.load(table_ptr + 4 * tensor + 2) - start, CHUNK)
+    tensor, start, g_off, u_off, n = _chunk(table_ptr, n_tensors, c, CHUNK)
     first = tl.load(table_ptr + 4 * tensor + 3)
     last = tl.load(table_ptr + 4 * tensor + 7, mask=tensor + 1 < n_tensors, other=n_chunks)
     dot = tl.load(partial_ptr + 2 * first) * 0.0
