@@ -81,7 +81,7 @@ def check_backbone(meta: dict, model, source: str) -> None:
     if diffs:
         raise ValueError(f"{source} was trained on another backbone ({'; '.join(diffs)}). "
                          f"Use a checkpoint trained with --model {model.spec.model} --pretrained "
-                         f"{model.spec.pretrained}, or train one with `dgsnet train-teacher`.")
+                         f"{model.spec.pretrained or 'none'}, or train one with `dgsnet train-teacher`.")
 
 
 # -- resumable training state ---------------------------------------------------------------
