@@ -10,8 +10,9 @@
 //     sum_i c_S f_i and sum_i c_X t_i, and the harmful rows.
 //   The block writes its partial sums to a workspace; the last block to
 //   finish (atomic ticket after a memory fence) adds the partials in block
-//   order, so the result does not depend on scheduling, and resets the
-//   ticket for the next call on this stream.
+//   order, so the result does not depend on scheduling. The ticket is a
+//   fresh zeroed word per call (one memset), which keeps concurrent streams
+//   and captured CUDA graphs from sharing it.
 // Backward: one warp per row, reading only the saved (B, 4) coefficients and
 // the three D-vectors of head weights; the head gradients are scaled sums.
 //
@@ -29,8 +30,6 @@
 #include <torch/library.h>
 
 #include <array>
-#include <map>
-#include <mutex>
 #include <utility>
 
 #include "../dgs_math.h"
@@ -198,7 +197,7 @@ dgs_forward_kernel(const ForwardParams<scalar_t, acc_t> p) {
   // The last block to finish adds every block's partial sums, in block order.
   __threadfence();
   __syncthreads();
-  // atomicInc wraps to 0 at the last arrival: the ticket is ready for the next call.
+  // Blocks take tickets 0, 1, ...: the one that draws gridDim.x - 1 arrives last.
   if (threadIdx.x == 0) is_last = atomicInc(p.ticket, gridDim.x - 1) == gridDim.x - 1;
   __syncthreads();
   if (!is_last) return;
@@ -223,22 +222,6 @@ dgs_forward_kernel(const ForwardParams<scalar_t, acc_t> p) {
     *p.align = align;
     *p.teacher = teacher;
   }
-}
-
-// One zeroed ticket per (device, stream): calls on one stream run in order,
-// and each call's last block wraps it back to 0, so it is cleared only once.
-unsigned int* stream_ticket(const c10::cuda::CUDAStream& stream) {
-  static std::mutex mutex;
-  static std::map<std::pair<int, int64_t>, at::Tensor> tickets;
-  const std::lock_guard<std::mutex> lock(mutex);
-  auto key = std::make_pair(static_cast<int>(stream.device_index()), stream.id());
-  auto it = tickets.find(key);
-  if (it == tickets.end()) {
-    at::Tensor t = at::empty({1}, at::TensorOptions().dtype(at::kInt).device(at::kCUDA, key.first));
-    C10_CUDA_CHECK(cudaMemsetAsync(t.data_ptr(), 0, sizeof(unsigned int), stream.stream()));
-    it = tickets.emplace(key, t).first;
-  }
-  return reinterpret_cast<unsigned int*>(it->second.data_ptr<int>());
 }
 
 template <typename acc_t>
@@ -286,7 +269,9 @@ ForwardOut dgs_forward_cuda(const at::Tensor& f_in, const at::Tensor& ft_in, con
   const int64_t blocks = (batch + rows_per_block - 1) / rows_per_block;
   at::Tensor partial = at::empty({blocks, 2 * (dim + 1) + 4}, opts);
   auto stream = c10::cuda::getCurrentCUDAStream();
-  unsigned int* ticket = stream_ticket(stream);
+  at::Tensor ticket_word = at::empty({1}, f.options().dtype(at::kInt));
+  C10_CUDA_CHECK(cudaMemsetAsync(ticket_word.data_ptr(), 0, sizeof(int), stream.stream()));
+  unsigned int* ticket = reinterpret_cast<unsigned int*>(ticket_word.data_ptr<int>());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.scalar_type(),
                                   "dgsnet_dgs_forward_cuda", [&] {

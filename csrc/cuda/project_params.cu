@@ -14,6 +14,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -30,8 +31,8 @@ constexpr int kWarps = kThreads / 32;
 constexpr int64_t kChunk = 16384;
 
 // Device table, int64 words: per tensor [g pointer, u pointer, numel, first chunk],
-// then per chunk [tensor index, start offset], then one word: the number of chunks
-// (so the last tensor's chunk range is known).
+// then per chunk [tensor index, start offset]; the chunk count is a kernel argument
+// (it ends the last tensor's chunk range).
 struct Table {
   const int64_t* tensors;
   const int64_t* chunks;
@@ -93,16 +94,18 @@ chunk_update_kernel(const Table table, const double* __restrict__ partial, doubl
   const int64_t c = blockIdx.x;
   const int64_t l = table.chunks[2 * c], start = table.chunks[2 * c + 1];
   const int64_t* tr = table.tensors + 4 * l;
-  if (threadIdx.x == 0) {
-    const int64_t first = tr[3];
-    const int64_t last = l + 1 < table.n_tensors ? tr[4 + 3] : table.n_chunks;
-    double dot = 0, norm2 = 0;
-    for (int64_t k = first; k < last; ++k) {
-      dot += partial[2 * k];
-      norm2 += partial[2 * k + 1];
-    }
-    coef = dot / (norm2 + eps);
+  // The tensor's chunk partials, summed by the whole block (a tensor of millions of
+  // elements has thousands of chunks). Every block of the tensor sums in the same
+  // order, so all of them apply the same coefficient.
+  const int64_t first = tr[3];
+  const int64_t last = l + 1 < table.n_tensors ? tr[4 + 3] : table.n_chunks;
+  double dot = 0, norm2 = 0;
+  for (int64_t k = first + threadIdx.x; k < last; k += kThreads) {
+    dot += partial[2 * k];
+    norm2 += partial[2 * k + 1];
   }
+  block_sum2(dot, norm2);
+  if (threadIdx.x == 0) coef = dot / (norm2 + eps);
   __syncthreads();
   const double a = coef;
   if (a == 0.0) return;  // zero direction (or orthogonal gradient): nothing to remove
@@ -119,6 +122,11 @@ void project_params_cuda(at::TensorList grads, at::TensorList dirs, double eps) 
   TORCH_CHECK(grads[0].is_cuda(), "dgsnet::project_params_ (cuda): tensors are on ",
               grads[0].device());
   const c10::cuda::CUDAGuard guard(grads[0].device());
+  // The chunk table is staged in host memory that is recycled once the call returns: a
+  // captured graph would re-read it at every replay.
+  TORCH_CHECK(c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None,
+              "dgsnet::project_params_ (cuda) cannot be captured in a CUDA graph (its chunk table "
+              "is built on the host per call); run it outside the captured region");
   const int64_t n_tensors = static_cast<int64_t>(grads.size());
   std::vector<int64_t> words(4 * n_tensors);
   std::vector<int64_t> chunk_words;

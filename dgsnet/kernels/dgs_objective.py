@@ -14,6 +14,7 @@ Features may be float32/float16/bfloat16 (float32 sums) or float64.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -60,7 +61,7 @@ def _sigmoid_bce(z, y):
 @autotuned(_row_configs(), key=["D"], fallback=_ROW_FALLBACK)
 @triton.jit
 def _forward_rows_kernel(f_ptr, ft_ptr, t_ptr, ld_f, ld_ft, ld_t, y_ptr, ws_ptr, wt_ptr, wx_ptr,
-                         bs_ptr, bt_ptr, bx_ptr, harmful_ptr, coef_ptr, rowloss_ptr, B, D, eps,
+                         bs_ptr, bt_ptr, bx_ptr, harmful_ptr, coef_ptr, rowloss_ptr, B, D, eps: tl.constexpr,
                          HAS_BS: tl.constexpr, HAS_BT: tl.constexpr, HAS_BX: tl.constexpr,
                          BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
     pid = tl.program_id(0)
@@ -122,11 +123,11 @@ def _forward_rows_kernel(f_ptr, ft_ptr, t_ptr, ld_f, ld_ft, ld_t, y_ptr, ws_ptr,
                  mask=rmask[:, None] & cmask[None, :])
 
 
-@autotuned(_col_configs(), key=["D", "B"], fallback=_COL_FALLBACK)
+@autotuned(_col_configs(), key=["D"], fallback=_COL_FALLBACK)
 @triton.jit
 def _forward_cols_kernel(f_ptr, t_ptr, ld_f, ld_t, coef_ptr, rowloss_ptr, sums_ptr, total_ptr, img_ptr, text_ptr,
                          align_ptr, teacher_ptr, B, D,
-                         lam, WITH_ALIGN: tl.constexpr, BLOCK_B: tl.constexpr,
+                         lam: tl.constexpr, WITH_ALIGN: tl.constexpr, BLOCK_B: tl.constexpr,
                          BLOCK_D: tl.constexpr):
     pid = tl.program_id(0)
     cols = pid * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -195,7 +196,7 @@ def _weights_b_h(ws_ptr, wt_ptr, wx_ptr, cols, cmask, ct, cx, inv):
 @autotuned(_row_configs(), key=["D"], fallback=_ROW_FALLBACK)
 @triton.jit
 def _backward_kernel(coef_ptr, sums_ptr, ws_ptr, wt_ptr, wx_ptr, dt_ptr, di_ptr, dx_ptr, da_ptr,
-                     out_ptr, heads_ptr, B, D, lam, HAS_DT: tl.constexpr, HAS_DI: tl.constexpr,
+                     out_ptr, heads_ptr, B, D, lam: tl.constexpr, HAS_DT: tl.constexpr, HAS_DI: tl.constexpr,
                      HAS_DX: tl.constexpr, HAS_DA: tl.constexpr, WITH_ALIGN: tl.constexpr,
                      PROJECT: tl.constexpr, ALIGN_INSIDE: tl.constexpr, BLOCK_B: tl.constexpr,
                      BLOCK_D: tl.constexpr):
@@ -282,6 +283,11 @@ def _project_rows_kernel(g_ptr, h_ptr, out_ptr, B, D, BLOCK_B: tl.constexpr,
                  mask=m)
 
 
+def on_device(device: torch.device):
+    """Triton launches on the current CUDA device: make it the tensors' one (cuda:1 and up)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _rows_view(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(1) == 1 else x.contiguous()
 
@@ -304,6 +310,15 @@ def dgs_forward(f, f_t, t, y, w_s, w_t, w_x, b_s, b_t, b_x, lam, eps, with_align
     # separate 0-dim outputs: a custom op's outputs may not alias one another
     losses = [f.new_empty((), dtype=acc) for _ in range(5)]
     dummy = coef
+    with on_device(f.device):
+        _forward_kernels(f, f_t, t, y, w_s, w_t, w_x, b_s, b_t, b_x, harmful, coef, rowloss,
+                         head_sums, losses, dummy, lam, eps, with_align)
+    return (*losses, harmful, coef, head_sums)
+
+
+def _forward_kernels(f, f_t, t, y, w_s, w_t, w_x, b_s, b_t, b_x, harmful, coef, rowloss, head_sums,
+                     losses, dummy, lam, eps, with_align):
+    batch, dim = f.shape
     _forward_rows_kernel[lambda m: (triton.cdiv(batch, m["BLOCK_B"]),)](
         f, f_t, t, f.stride(0), f_t.stride(0), t.stride(0), y, w_s, w_t, w_x,
         dummy if b_s is None else b_s, dummy if b_t is None else b_t,
@@ -312,7 +327,6 @@ def dgs_forward(f, f_t, t, y, w_s, w_t, w_x, b_s, b_t, b_x, lam, eps, with_align
     _forward_cols_kernel[lambda m: (triton.cdiv(dim + 1, m["BLOCK_D"]),)](
         f, t, f.stride(0), t.stride(0), coef, rowloss, head_sums, *losses, batch, dim, float(lam),
         WITH_ALIGN=bool(with_align))
-    return (*losses, harmful, coef, head_sums)
 
 
 def dgs_backward(coef, head_sums, w_s, w_t, w_x, d_total, d_img, d_text, d_align, lam, with_align,
@@ -325,11 +339,12 @@ def dgs_backward(coef, head_sums, w_s, w_t, w_x, d_total, d_img, d_text, d_align
     grad_heads = coef.new_empty((2, dim + 1))
     ups = [d_total, d_img, d_text, d_align]
     ptrs = [coef if d is None else d.to(coef.dtype) for d in ups]
-    _backward_kernel[lambda m: (triton.cdiv(batch, m["BLOCK_B"]),)](
-        coef, head_sums, w_s, w_t, w_x, *ptrs, grad_f, grad_heads, batch, dim, float(lam),
-        HAS_DT=d_total is not None, HAS_DI=d_img is not None, HAS_DX=d_text is not None,
-        HAS_DA=d_align is not None, WITH_ALIGN=bool(with_align), PROJECT=bool(project),
-        ALIGN_INSIDE=(not project) or bool(published))
+    with on_device(coef.device):
+        _backward_kernel[lambda m: (triton.cdiv(batch, m["BLOCK_B"]),)](
+            coef, head_sums, w_s, w_t, w_x, *ptrs, grad_f, grad_heads, batch, dim, float(lam),
+            HAS_DT=d_total is not None, HAS_DI=d_img is not None, HAS_DX=d_text is not None,
+            HAS_DA=d_align is not None, WITH_ALIGN=bool(with_align), PROJECT=bool(project),
+            ALIGN_INSIDE=(not project) or bool(published))
     return grad_f, grad_heads
 
 
@@ -342,5 +357,6 @@ def project_rows(g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(g)
     rows, dim = g.shape
     if g.numel():
-        _project_rows_kernel[lambda m: (triton.cdiv(rows, m["BLOCK_B"]),)](g, h, out, rows, dim)
+        with on_device(g.device):
+            _project_rows_kernel[lambda m: (triton.cdiv(rows, m["BLOCK_B"]),)](g, h, out, rows, dim)
     return out

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from dgsnet.kernels.dgs_objective import autotuned
+from dgsnet.kernels.dgs_objective import autotuned, on_device
 
 CHUNK = 16384
 
@@ -56,7 +56,7 @@ def _chunk_dot_norm_kernel(g_base, u_base, table_ptr, partial_ptr, n_tensors, n_
 
 # In place: never autotuned (a benchmarked config would apply the update again).
 @triton.jit
-def _chunk_update_kernel(g_base, u_base, table_ptr, partial_ptr, n_tensors, n_chunks, eps,
+def _chunk_update_kernel(g_base, u_base, table_ptr, partial_ptr, n_tensors, n_chunks, eps: tl.constexpr,
                          CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     c = tl.program_id(0)
     tensor, start, g_off, u_off, n = _chunk(table_ptr, n_tensors, c, CHUNK)
@@ -110,7 +110,8 @@ def project_params_(grads: list[torch.Tensor], dirs: list[torch.Tensor], eps: fl
         return
     partial = torch.empty(2 * n_chunks, dtype=torch.float64, device=device)
     n = len(grads)
-    _chunk_dot_norm_kernel[(n_chunks,)](grads[0], dirs[0], table, partial, n, n_chunks,
-                                        CHUNK=CHUNK)
-    _chunk_update_kernel[(n_chunks,)](grads[0], dirs[0], table, partial, n, n_chunks, float(eps),
-                                      CHUNK=CHUNK, BLOCK=4096, num_warps=8)
+    with on_device(device):
+        _chunk_dot_norm_kernel[(n_chunks,)](grads[0], dirs[0], table, partial, n, n_chunks,
+                                            CHUNK=CHUNK)
+        _chunk_update_kernel[(n_chunks,)](grads[0], dirs[0], table, partial, n, n_chunks, float(eps),
+                                          CHUNK=CHUNK, BLOCK=4096, num_warps=8)
