@@ -31,7 +31,7 @@ fi
 # The extension is rebuilt when its sources, setup.py or the build mode change.
 want=$(stamp setup.py $(find csrc -type f | sort); echo "${DGSNET_BUILD:-auto}")
 if [ "$(cat "$VENV/.extension.sha" 2>/dev/null)" != "$want" ] || \
-   ! "$VENV/bin/python" -c "import dgsnet._C" 2>/dev/null; then
+   ! "$VENV/bin/python" -c "import torch, dgsnet._C" 2>/dev/null; then
   echo "[venv] building dgsnet._C (DGSNET_BUILD=${DGSNET_BUILD:-auto})"
   MAX_JOBS=${MAX_JOBS:-2} "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
     --no-build-isolation --no-deps -e .
