@@ -390,30 +390,40 @@ def _prepare_run_dir(cfg: TrainConfig, resume: bool) -> None:
     os.makedirs(cfg.out, exist_ok=True)
 
 
-def train_teacher(cfg: TrainConfig, dataset: Dataset | None = None, resume: bool = False,
-                  ctx: DistContext | None = None) -> DGSNetModel:
-    """Stage 1: the teacher probe. Writes <out>/model.safetensors + model.json."""
+def _run_stage(cfg: TrainConfig, stage: int, dataset: Dataset | None, resume: bool,
+               ctx: DistContext | None) -> DGSNetModel:
+    """Builds the model, trains one stage (resuming if asked) and writes <out>/model.* on rank 0."""
     ctx = ctx or DistContext()
     if resume and _finished(cfg):
-        return _load_finished(cfg, 1)
+        return _load_finished(cfg, stage)
     if ctx.is_main:
         _prepare_run_dir(cfg, resume)
         cfg.save(os.path.join(cfg.out, "config.yaml"))
     ctx.barrier()
     torch.manual_seed(cfg.seed)
     model = DGSNetModel(cfg.backbone(), cfg.lora())
+    if stage == 2:
+        load_teacher_head(model, cfg.teacher)
     dataset = dataset if dataset is not None else build_dataset(cfg)
-    trainer = StageTrainer(cfg, 1, model, dataset, ctx)
+    trainer = StageTrainer(cfg, stage, model, dataset, ctx)
     if resume and not trainer.resume():
         trainer.log.info(f"--resume: no checkpoint in {cfg.out}; starting from the beginning")
     trainer.fit()
+    state = trainer.full_trained_state()  # a collective when sharded: before the rank-0 branch
     if ctx.is_main:
-        ckpt.write_model(cfg.out, model, 1, cfg.to_dict(), trainer.step)
+        ckpt.write_model(cfg.out, model, stage, cfg.to_dict(), trainer.step, state=state)
         ckpt.remove_resume(cfg.out)
-        trainer.log.info(f"stage 1 done: teacher head written to {cfg.out}")
+        what = "teacher head" if stage == 1 else "detector"
+        trainer.log.info(f"stage {stage} done: {what} written to {cfg.out}")
     ctx.barrier()
     trainer.log.close()
     return model
+
+
+def train_teacher(cfg: TrainConfig, dataset: Dataset | None = None, resume: bool = False,
+                  ctx: DistContext | None = None) -> DGSNetModel:
+    """Stage 1: the teacher probe. Writes <out>/model.safetensors + model.json."""
+    return _run_stage(cfg, 1, dataset, resume, ctx)
 
 
 def load_teacher_head(model: DGSNetModel, teacher_dir: str) -> dict:
@@ -433,26 +443,4 @@ def train_dgs(cfg: TrainConfig, dataset: Dataset | None = None, resume: bool = F
     if not cfg.teacher:
         raise ValueError("stage 2 needs the stage-1 teacher: pass --teacher RUN_DIR "
                          "(the --out of `dgsnet train-teacher`)")
-    ctx = ctx or DistContext()
-    if resume and _finished(cfg):
-        return _load_finished(cfg, 2)
-    if ctx.is_main:
-        _prepare_run_dir(cfg, resume)
-        cfg.save(os.path.join(cfg.out, "config.yaml"))
-    ctx.barrier()
-    torch.manual_seed(cfg.seed)
-    model = DGSNetModel(cfg.backbone(), cfg.lora())
-    load_teacher_head(model, cfg.teacher)
-    dataset = dataset if dataset is not None else build_dataset(cfg)
-    trainer = StageTrainer(cfg, 2, model, dataset, ctx)
-    if resume and not trainer.resume():
-        trainer.log.info(f"--resume: no checkpoint in {cfg.out}; starting from the beginning")
-    trainer.fit()
-    state = trainer.full_trained_state()
-    if ctx.is_main:
-        ckpt.write_model(cfg.out, model, 2, cfg.to_dict(), trainer.step, state=state)
-        ckpt.remove_resume(cfg.out)
-        trainer.log.info(f"stage 2 done: detector written to {cfg.out}")
-    ctx.barrier()
-    trainer.log.close()
-    return model
+    return _run_stage(cfg, 2, dataset, resume, ctx)
