@@ -88,20 +88,11 @@ def side_by_side(results: dict[str, list[dict]], metric: str) -> list[dict]:
     return list(table.values())
 
 
-def _markdown(rows: list[dict], methods: list[str]) -> str:
-    def cell(v):
-        return "" if v is None or v != v else f"{100 * v:.1f}"
-
-    lines = ["| subset | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
-    lines += ["| " + " | ".join([r["subset"]] + [cell(r.get(m)) for m in methods]) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def run_demo(demo: DemoConfig) -> dict:
     """Runs the demo; returns {"acc": rows, "ap": rows, "files": {...}}. Reuses finished stages in `out`."""
     from dgsnet.evaluate import evaluate_detector
     from dgsnet.predict import load_detector
-    from dgsnet.report import write_csv, write_json
+    from dgsnet.report import markdown_table, plot_subsets, write_csv, write_json
     from dgsnet.train import train_dgs, train_teacher
 
     unknown = [m for m in demo.methods if m not in METHODS]
@@ -148,11 +139,12 @@ def run_demo(demo: DemoConfig) -> dict:
              "ap_csv": write_csv(ap, os.path.join(demo.out, "demo_ap.csv")),
              "json": write_json({"note": NOTE, "config": vars(demo), "results": results},
                                 os.path.join(demo.out, "demo_results.json"))}
-    files["png"] = _plot(acc, demo.methods, os.path.join(demo.out, "demo_accuracy.png"))
+    files["png"] = plot_subsets(acc, os.path.join(demo.out, "demo_accuracy.png"), metrics=demo.methods,
+                                title="demo: accuracy per generator family and method")
     _say(f"\nCross-generator accuracy (%), trained on '{info.train_family}' only:\n")
-    _say(_markdown(acc, demo.methods))
+    _say(markdown_table(acc, demo.methods, counts=False))
     _say("\nAverage precision (%):\n")
-    _say(_markdown(ap, demo.methods))
+    _say(markdown_table(ap, demo.methods, counts=False))
 
     if demo.export and "DGS-Net" in stage2:
         files["onnx"] = _export(stage2["DGS-Net"], os.path.join(demo.out, "detector.onnx"))
@@ -160,12 +152,6 @@ def run_demo(demo: DemoConfig) -> dict:
     _say(f"\n{NOTE}\n{REAL_DATA_COMMANDS}")
     _say(f"\ndemo finished in {time.perf_counter() - start:.0f} s")
     return {"acc": acc, "ap": ap, "files": files}
-
-
-def _plot(rows: list[dict], methods: list[str], path: str) -> str:
-    from dgsnet.report import _plot_columns
-
-    return _plot_columns(rows, path, methods, "demo: accuracy per generator family and method")
 
 
 def _export(run_dir: str, path: str) -> str:
