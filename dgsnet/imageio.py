@@ -28,7 +28,6 @@ import io
 import os
 import threading
 from contextlib import contextmanager
-from pathlib import Path
 from typing import BinaryIO, Union
 
 import numpy as np
@@ -152,10 +151,3 @@ def pil_to_rgb(img: Image.Image) -> np.ndarray:
                              f"colour mode {mode!r} cannot be converted to RGB ({exc})",
                              "convert the file to RGB") from None
 
-
-def save_png(array: np.ndarray, path: PathLike) -> Path:
-    """Write an HxWx3 uint8 array as PNG (no metadata, so equal pixels give equal bytes)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(path, format="PNG", optimize=False)
-    return path

@@ -57,7 +57,6 @@ class TorchPredictor:
         self.device = resolve_device(device)
         self.detector, self.meta, self.head = load_detector(run_dir, head, self.device)
         self.preprocess = Preprocess(norm=self.meta.get("norm", "imagenet"))
-        self.run_dir = run_dir
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """(B, 3, 224, 224) float32 normalised inputs -> (B,) float64 logits."""

@@ -220,11 +220,6 @@ def _refined(maybe: np.ndarray, certain: np.ndarray, count: int, exact: dict, lo
     return np.concatenate([certain, pick])
 
 
-def select_indices(image: Any) -> np.ndarray:
-    """Raster indices (ascending) of the 49 patches the definition keeps."""
-    return _select_prepared(prepare_image(image))
-
-
 def _select_prepared(prepared: np.ndarray) -> np.ndarray:
     """Rank by the fast entropies; re-score exactly only where that could change the selection.
 
@@ -323,8 +318,7 @@ def normalize(tile: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndar
 class Preprocess:
     """Inference-time preprocessing: patch selection, then normalisation.
 
-    Shared by the torch datasets (dgsnet.data) and the ONNX runtime; the
-    dict form (`to_dict`) goes into checkpoint / export sidecars.
+    Shared by the torch datasets (dgsnet.data) and `dgsnet predict`.
     Training augmentations live in dgsnet.data.Augment.
     """
 
@@ -351,14 +345,3 @@ class Preprocess:
     def __call__(self, image: Any, rng: np.random.Generator | int | None = None) -> np.ndarray:
         """HxWx3 uint8 image -> 3x224x224 float32 model input."""
         return self.normalize(self.tile(image, rng))
-
-    def to_dict(self) -> dict:
-        return {"norm": self.norm, "mean": list(self.mean), "std": list(self.std), "size": TILE,
-                "patch": PATCH, "n_low": N_LOW, "n_high": N_HIGH, "crop": "top-left",
-                "small_images": "symmetric pad to 224 per short side"}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Preprocess":
-        if not isinstance(data, dict) or "norm" not in data:
-            raise ValueError(f"preprocess config {data!r} has no 'norm' key; expected e.g. {{'norm': 'imagenet'}}")
-        return cls(norm=data["norm"])

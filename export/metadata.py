@@ -91,6 +91,3 @@ class ModelInfo:
             outputs=tuple(field("outputs", json.loads)), labels=(str(labels[0]), str(labels[1])),
             threshold=threshold, precision=field("precision"), opset=field("opset", int),
             extra={k: v for k, v in props.items() if k not in known})
-
-    def label(self, probability: float, threshold: float | None = None) -> str:
-        return self.labels[1] if probability >= (self.threshold if threshold is None else threshold) else self.labels[0]

@@ -141,12 +141,6 @@ class OnnxDetector:
         (out,) = self.session.run(["logits"], {self.info.input_name: np.ascontiguousarray(batch, dtype=dtype)})
         return out.astype(np.float64)
 
-    def predict_images(self, images: list[np.ndarray]) -> list[dict]:
-        """HxWx3 uint8 RGB arrays -> [{"logit", "probability", "label"}] (no files involved)."""
-        logits = self.logits(np.stack([self.preprocess(im) for im in images]))
-        return [{"logit": z, "probability": sigmoid(z), "label": self.info.label(sigmoid(z))}
-                for z in logits.tolist()]
-
     def predict_paths(self, inputs: Iterable, *, batch_size: int = 16, threshold: float | None = None,
                       workers: int | None = None, progress=None) -> Iterator[dict]:
         """Records for image files and folders (see iter_predictions and inputs.collect_inputs)."""

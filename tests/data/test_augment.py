@@ -43,7 +43,7 @@ def test_probabilities_are_honoured(image):
         np.testing.assert_array_equal(never.before_selection(image, rng), image)
     always = Augment(flip_prob=1.0, blur_prob=1.0, jpeg_prob=1.0, resize_prob=1.0)
     rng = item_rng(0, 0, 0)
-    coins, scale, sigma = rng.random(3), rng.uniform(0.5, 1.5), rng.uniform(0.1, 3.0)
+    _coins, scale, sigma = rng.random(3), rng.uniform(0.5, 1.5), rng.uniform(0.1, 3.0)
     quality = int(rng.integers(30, 101))
     expected = jpeg_recompress(gaussian_blur(rescale(image, scale), sigma), quality)
     np.testing.assert_array_equal(always.before_selection(image, item_rng(0, 0, 0)), expected)

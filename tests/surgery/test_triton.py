@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from dgsnet.surgery import project_params_, project_rows, reference
+from dgsnet.surgery import project_rows, reference
 from dgsnet.surgery.ops import triton_usable
 
 sys.path.insert(0, os.path.dirname(__file__))
