@@ -28,7 +28,7 @@ import io
 import os
 import threading
 from contextlib import contextmanager
-from typing import BinaryIO, Union
+from typing import BinaryIO, Iterator, Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -37,6 +37,24 @@ from PIL import Image, ImageOps
 DEFAULT_MAX_PIXELS = 100_000_000
 
 PathLike = Union[str, os.PathLike]
+
+# File names the loaders and the runtime take for images (inside folders; a file
+# named explicitly is always tried).
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".webp", ".tif", ".tiff", ".gif",
+                            ".ppm", ".pgm"})
+
+
+def is_image_name(path: PathLike) -> bool:
+    return os.path.splitext(str(path))[1].lower() in IMAGE_SUFFIXES
+
+
+def walk_files(folder: PathLike) -> Iterator[str]:
+    """Every non-hidden file under `folder`, recursively, in sorted order (symlinks followed)."""
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                yield os.path.join(dirpath, name)
 Source = Union[PathLike, bytes, BinaryIO]
 
 

@@ -9,7 +9,9 @@ Needs onnxruntime, numpy, Pillow and the torch-free dgsnet modules
 
 Command line: `dgsnet-predict detector.onnx images/ --out preds.jsonl`.
 """
-from .inputs import IMAGE_SUFFIXES, InputList, collect_inputs
+from dgsnet.imageio import IMAGE_SUFFIXES
+
+from .inputs import InputList, collect_inputs
 from .metadata import FORMAT, MetadataError, ModelInfo
 from .preprocessing import Preprocessor
 from .providers import provider_chain

@@ -5,8 +5,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-                            ".pgm", ".jfif"})
+from dgsnet.imageio import is_image_name, walk_files
 
 
 @dataclass
@@ -36,15 +35,12 @@ def collect_inputs(inputs, recursive: bool = True) -> InputList:
         if not root.is_dir():
             add(root)
             continue
-        walker = os.walk(root) if recursive else [(str(root), [], os.listdir(root))]
-        for dirpath, dirnames, filenames in walker:
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                path = Path(dirpath) / name
-                if name.startswith(".") or not path.is_file():
-                    continue
-                if path.suffix.lower() in IMAGE_SUFFIXES:
-                    add(path)
-                else:
-                    found.skipped.append(path)
+        names = walk_files(root) if recursive else (
+            str(root / n) for n in sorted(os.listdir(root)) if not n.startswith(".") and (root / n).is_file())
+        for name in names:
+            path = Path(name)
+            if is_image_name(path):
+                add(path)
+            else:
+                found.skipped.append(path)
     return found

@@ -10,12 +10,12 @@ A *labelled folder* holds `0_real/` and/or `1_fake/` (label 0 = real,
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from dgsnet.imageio import IMAGE_SUFFIXES, is_image_name, walk_files
+
 LABEL_DIRS = {"0_real": 0, "1_fake": 1}
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
 
 EXPECTED = ("expected <root>/0_real and <root>/1_fake, <root>/<class>/{0_real,1_fake} (ProGAN style), "
             "or <root>/<subset>/ in either layout, with image files inside")
@@ -46,12 +46,7 @@ def is_class_style(folder: Path) -> bool:
 
 
 def _images_under(folder: Path) -> list[str]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [os.path.join(dirpath, f) for f in sorted(filenames)
-                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES]
-    return found
+    return [path for path in walk_files(folder) if is_image_name(path)]
 
 
 def _labelled_samples(folder: Path, group: str) -> list[Sample]:
