@@ -20,6 +20,8 @@ import statistics
 import time
 from typing import Callable, Iterable
 
+from dgsnet.device import resolve_device  # noqa: F401 (the bench scripts import it from here)
+
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -31,14 +33,6 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                    help="results folder (default bench/results/<device name>)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per point")
     return p
-
-
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def device_name(device) -> str:

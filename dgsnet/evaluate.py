@@ -97,7 +97,8 @@ def evaluate_checkpoint(run_dir: str, data_root: str, *, out_dir: str | None = N
                         batch_size: int = 64, workers: int = 2, device: str = "auto",
                         strict: bool = False, plot: bool = True) -> EvalResult:
     """`dgsnet eval`: a run directory's detector on `data_root`; writes eval.{csv,json,png} to `out_dir`."""
-    from dgsnet.predict import load_detector, resolve_device
+    from dgsnet.device import resolve_device
+    from dgsnet.predict import load_detector
     from dgsnet.report import write_eval_report
 
     if not os.path.isdir(data_root):

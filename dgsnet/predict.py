@@ -13,6 +13,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from dgsnet.device import resolve_device
+
 HEAD_CHOICES = ("auto", "student", "teacher")
 
 
@@ -36,16 +38,6 @@ def load_detector(run_dir: str, head: str = "auto", device="cpu"):
     head = choose_head(meta, head)
     detector = model.detector() if head == "student" else model.teacher_detector()
     return detector.to(device).eval(), meta, head
-
-
-def resolve_device(name: str = "auto"):
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device here; use --device cpu")
-    return torch.device(name)
 
 
 class TorchPredictor:

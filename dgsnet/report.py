@@ -48,22 +48,17 @@ def markdown_table(rows: Sequence[dict], metrics: Sequence[str] = METRICS, count
 
 
 def robustness_rows(results: Mapping[str, Sequence[dict]], metric: str = "acc") -> list[dict]:
-    """Per subset, `metric` under each condition (columns in the order of `results`), plus the mean row."""
-    conditions = list(results)
-    subsets: list[str] = []
-    for rows in results.values():
-        subsets += [r[KEY] for r in rows if r[KEY] != "mean" and r[KEY] not in subsets]
-    table = []
-    for name in subsets + ["mean"]:
-        out = {KEY: name}
-        for condition in conditions:
-            rows = list(results[condition])
-            found = [r for r in rows if r[KEY] == name]
-            if name == "mean" and not found:
-                found = [mean_row([r for r in rows if r[KEY] != "mean"], key=KEY)]
-            out[condition] = found[0].get(metric, math.nan) if found else math.nan
-        table.append(out)
-    return table
+    """Per subset, `metric` under each key of `results` (conditions, or methods), plus the mean row."""
+    by_key = {}
+    for key, rows in results.items():
+        named = {r[KEY]: r for r in rows}
+        if "mean" not in named:
+            named["mean"] = mean_row([r for r in rows if r[KEY] != "mean"], key=KEY)
+        by_key[key] = named
+    subsets = list(dict.fromkeys(name for named in by_key.values() for name in named if name != "mean"))
+    return [{KEY: name, **{key: named[name].get(metric, math.nan) if name in named else math.nan
+                           for key, named in by_key.items()}}
+            for name in subsets + ["mean"]]
 
 
 def robustness_table(results: Mapping[str, Sequence[dict]], metric: str = "acc") -> str:

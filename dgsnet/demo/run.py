@@ -77,22 +77,11 @@ def _trained(run_dir: str) -> bool:
     return os.path.isfile(os.path.join(run_dir, "model.json"))
 
 
-def side_by_side(results: dict[str, list[dict]], metric: str) -> list[dict]:
-    """Rows per subset (plus the mean), one column per method, of one metric."""
-    from dgsnet.report import with_mean
-
-    table: dict[str, dict] = {}
-    for method, rows in results.items():
-        for row in with_mean(rows):
-            table.setdefault(row["subset"], {"subset": row["subset"]})[method] = row[metric]
-    return list(table.values())
-
-
 def run_demo(demo: DemoConfig) -> dict:
     """Runs the demo; returns {"acc": rows, "ap": rows, "files": {...}}. Reuses finished stages in `out`."""
     from dgsnet.evaluate import evaluate_detector
     from dgsnet.predict import load_detector
-    from dgsnet.report import markdown_table, plot_subsets, write_csv, write_json
+    from dgsnet.report import markdown_table, plot_subsets, robustness_rows, write_csv, write_json
     from dgsnet.train import train_dgs, train_teacher
 
     unknown = [m for m in demo.methods if m not in METHODS]
@@ -134,7 +123,7 @@ def run_demo(demo: DemoConfig) -> dict:
         detector, meta, _ = load_detector(run_dir, head)
         results[method] = evaluate_detector(detector, info.test_dir, norm=meta["norm"],
                                             batch_size=32).results["clean"]
-    acc, ap = side_by_side(results, "acc"), side_by_side(results, "ap")
+    acc, ap = robustness_rows(results, "acc"), robustness_rows(results, "ap")  # one column per method
     files = {"acc_csv": write_csv(acc, os.path.join(demo.out, "demo_accuracy.csv")),
              "ap_csv": write_csv(ap, os.path.join(demo.out, "demo_ap.csv")),
              "json": write_json({"note": NOTE, "config": vars(demo), "results": results},

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from dgsnet.device import resolve_device
 from dgsnet.models import CaptionFeatureCache, DGSNetModel
 from dgsnet.surgery import dgs_objective
 from dgsnet.train import checkpoint as ckpt
@@ -33,15 +34,6 @@ from dgsnet.train.sampler import EpochBatchSampler
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name}: no CUDA device is available here; use --device cpu")
-    return device
 
 
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
