@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from dgsnet.metrics import roc_auc
+
 
 def _grey(img: np.ndarray) -> np.ndarray:
     return img.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
@@ -85,7 +87,6 @@ FAMILY_STATISTIC = {
 
 
 def auc(real_scores, fake_scores) -> float:
-    """ROC AUC of "fake scores higher" (ties count one half), exact pairwise."""
-    r = np.asarray(real_scores, dtype=np.float64)[:, None]
-    f = np.asarray(fake_scores, dtype=np.float64)[None, :]
-    return float(((f > r).sum() + 0.5 * (f == r).sum()) / (r.size * f.size))
+    """ROC AUC of "fake scores higher" (ties count one half): dgsnet.metrics.roc_auc on two samples."""
+    real, fake = np.asarray(real_scores, np.float64), np.asarray(fake_scores, np.float64)
+    return roc_auc(np.concatenate([real, fake]), np.r_[np.zeros(real.size), np.ones(fake.size)])
