@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from dgsnet.demo.photos import Photo
+from dgsnet.preprocess import GREY_WEIGHTS
 
 #: crops whose grey standard deviation is below this are too flat to teach anything
 #: (the black border of the retina, empty sky of the deep field)
@@ -62,7 +63,7 @@ class CropSampler:
             digest = hashlib.sha256(crop.tobytes()).digest()
             if digest in self.used_pixels:
                 continue
-            if float((crop.astype(np.float64) @ np.array([0.299, 0.587, 0.114])).std()) < MIN_STD:
+            if float((crop.astype(np.float64) @ np.array(GREY_WEIGHTS)).std()) < MIN_STD:
                 continue
             seen.add(box)
             self.used_pixels.add(digest)

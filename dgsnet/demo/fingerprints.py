@@ -10,10 +10,11 @@ import numpy as np
 from scipy import ndimage
 
 from dgsnet.metrics import roc_auc
+from dgsnet.preprocess import GREY_WEIGHTS
 
 
 def _grey(img: np.ndarray) -> np.ndarray:
-    return img.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    return img.astype(np.float64) @ np.array(GREY_WEIGHTS)
 
 
 def _power(channel: np.ndarray) -> np.ndarray:
