@@ -47,16 +47,15 @@ def _check_run_dir(run_dir: str) -> None:
 # ---------------------------------------------------------------- export
 
 def cmd_export(args) -> int:
-    from dgsnet.export_onnx import (build_tensorrt_engine, export_checkpoint, tensorrt_available,
-                                    tensorrt_command)
+    from dgsnet.export_onnx import (build_tensorrt_engine, check_profile, export_checkpoint,
+                                    tensorrt_available, tensorrt_command)
+    from dgsnet.io import atomic_write
 
     _check_run_dir(args.ckpt)
     out = Path(args.out)
     if out.suffix != ".onnx":
         raise ValueError(f"--out {out}: name the file *.onnx")
-    if not args.min_batch <= args.opt_batch <= args.max_batch:
-        raise ValueError(f"--min-batch {args.min_batch} --opt-batch {args.opt_batch} --max-batch "
-                         f"{args.max_batch}: need min <= opt <= max")
+    check_profile(args.min_batch, args.opt_batch, args.max_batch)  # before the slow export
     report = export_checkpoint(args.ckpt, out, head=args.head, threshold=args.threshold, opset=args.opset,
                                fp16=args.fp16, with_preprocessing=args.with_preprocessing,
                                exporter=args.exporter, atol=args.atol)
@@ -69,8 +68,8 @@ def cmd_export(args) -> int:
         command = tensorrt_command(out, args.min_batch, args.opt_batch, args.max_batch, fp16=True,
                                    engine_path=engine)
         script = out.with_suffix(".trtexec.sh")
-        script.write_text("#!/bin/sh\n# TensorRT engine for " + out.name + " (batch profile "
-                          f"{args.min_batch}/{args.opt_batch}/{args.max_batch}, fp16)\n" + command + "\n")
+        atomic_write(str(script), "#!/bin/sh\n# TensorRT engine for " + out.name + " (batch profile "
+                     f"{args.min_batch}/{args.opt_batch}/{args.max_batch}, fp16)\n" + command + "\n")
         record["tensorrt"] = {"command": command, "script": str(script)}
         print(f"TensorRT command (also in {script}):\n  {command}")
         if tensorrt_available():
@@ -83,7 +82,7 @@ def cmd_export(args) -> int:
             print("TensorRT is not importable here: the engine was not built; run the command above on a "
                   "machine with TensorRT (or let `dgsnet-predict --provider tensorrt` build it)", file=sys.stderr)
     sidecar = out.with_suffix(".export.json")
-    sidecar.write_text(json.dumps(record, indent=2, default=str))
+    atomic_write(str(sidecar), json.dumps(record, indent=2, default=str))
     print(f"export record: {sidecar}")
     return 0
 

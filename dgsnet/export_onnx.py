@@ -563,7 +563,7 @@ def _input_profile(onnx_path) -> tuple[str, list[int]]:
     return inputs[0].name, rest
 
 
-def _check_profile(min_batch: int, opt_batch: int, max_batch: int) -> None:
+def check_profile(min_batch: int, opt_batch: int, max_batch: int) -> None:
     if not 1 <= min_batch <= opt_batch <= max_batch:
         raise ValueError(f"batch profile min={min_batch} opt={opt_batch} max={max_batch}: need "
                          "1 <= min <= opt <= max")
@@ -572,7 +572,7 @@ def _check_profile(min_batch: int, opt_batch: int, max_batch: int) -> None:
 def tensorrt_command(onnx_path, min_batch: int = 1, opt_batch: int = 16, max_batch: int = 64,
                      fp16: bool = True, engine_path=None) -> str:
     """The trtexec command line that builds an engine with a min/opt/max batch profile."""
-    _check_profile(min_batch, opt_batch, max_batch)
+    check_profile(min_batch, opt_batch, max_batch)
     name, rest = _input_profile(onnx_path)
     engine_path = engine_path or str(Path(onnx_path).with_suffix(".engine"))
     shape = "x".join(str(v) for v in rest)
@@ -595,7 +595,7 @@ def tensorrt_available() -> bool:
 def build_tensorrt_engine(onnx_path, engine_path=None, min_batch: int = 1, opt_batch: int = 16,
                           max_batch: int = 64, fp16: bool = True, workspace_gib: float = 4.0) -> Path:
     """Builds a serialized TensorRT engine with the TensorRT Python API (what tensorrt_command runs)."""
-    _check_profile(min_batch, opt_batch, max_batch)
+    check_profile(min_batch, opt_batch, max_batch)
     try:
         import tensorrt as trt
     except ImportError:
