@@ -121,8 +121,8 @@ def add_export_parser(sub) -> None:
 # ---------------------------------------------------------------- predict
 
 def cmd_predict(args) -> int:
-    from dgsnet_export import collect_inputs, iter_predictions
-    from dgsnet_export.report import progress_bar, write_records
+    from dgsnet_export import collect_inputs
+    from dgsnet_export.report import score_and_report
 
     from dgsnet.export_onnx import LABELS
     from dgsnet.predict import TorchPredictor
@@ -132,20 +132,11 @@ def cmd_predict(args) -> int:
     if not found.paths:
         raise FileNotFoundError(f"no image files in {' '.join(args.inputs)}")
     predictor = TorchPredictor(args.ckpt, head=args.head, device=args.device)
-    bar = progress_bar(len(found.paths), not args.no_progress, "dgsnet predict")
-    start = time.perf_counter()
-    try:
-        records = iter_predictions(found.paths, predictor.logits, predictor.preprocess, labels=LABELS,
-                                   threshold=args.threshold, batch_size=args.batch, workers=args.workers,
-                                   progress=bar)
-        tally = write_records(records, args.out, LABELS)
-    finally:
-        if bar is not None:
-            bar.close()
     engine = f"torch {predictor.device} ({predictor.meta['backbone']['model']}, {predictor.head} head)"
-    print("dgsnet predict: " + tally.summary(threshold=args.threshold, seconds=time.perf_counter() - start,
-                                             engine=engine, skipped=len(found.skipped), out=args.out),
-          file=sys.stderr)
+    tally = score_and_report(found, predictor.logits, predictor.preprocess, labels=LABELS,
+                             threshold=args.threshold, batch_size=args.batch, workers=args.workers,
+                             out=args.out, progress=not args.no_progress, prog="dgsnet predict",
+                             engine=engine)
     return 1 if tally.errors else 0
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from .inputs import collect_inputs
     from .metadata import MetadataError
-    from .report import OutputError, progress_bar, write_records
-    from .runtime import ModelLoadError, OnnxDetector, iter_predictions
+    from .report import OutputError, score_and_report
+    from .runtime import ModelLoadError, OnnxDetector
 
     try:
         detector = OnnxDetector(args.model, provider=args.provider, threads=args.threads,
@@ -61,23 +60,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     info = detector.info
     threshold = info.threshold if args.threshold is None else args.threshold
-    bar = progress_bar(len(found.paths), not args.no_progress, "dgsnet-predict")
-    start = time.perf_counter()
+    engine = f"{detector.provider} ({detector.path.name}: {info.backbone}, {info.precision})"
     try:
-        records = iter_predictions(found.paths, detector.logits, detector.preprocess, labels=info.labels,
-                                   threshold=threshold, batch_size=args.batch, workers=args.workers,
-                                   progress=bar)
-        tally = write_records(records, args.out, info.labels)
+        tally = score_and_report(found, detector.logits, detector.preprocess, labels=info.labels,
+                                 threshold=threshold, batch_size=args.batch, workers=args.workers,
+                                 out=args.out, progress=not args.no_progress, prog="dgsnet-predict",
+                                 engine=engine)
     except OutputError as exc:
         print(f"dgsnet-predict: {exc}", file=sys.stderr)
         return 2
-    finally:
-        if bar is not None:
-            bar.close()
-    engine = f"{detector.provider} ({detector.path.name}: {info.backbone}, {info.precision})"
-    print("dgsnet-predict: " + tally.summary(threshold=threshold, seconds=time.perf_counter() - start,
-                                             engine=engine, skipped=len(found.skipped), out=args.out),
-          file=sys.stderr)
     return 1 if tally.errors else 0
 
 

@@ -78,3 +78,26 @@ def progress_bar(total: int, enabled: bool, prog: str):
     except ImportError:
         return None
     return tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True, desc=prog)
+
+
+def score_and_report(found, logits_fn, preprocess, *, labels: tuple[str, str], threshold: float,
+                     batch_size: int, workers: int | None, out: str | None, progress: bool, prog: str,
+                     engine: str) -> Tally:
+    """What both predict commands do once they have an engine: score `found` (an InputList) with a
+    progress bar, write the JSON lines to `out` (or stdout) and print the summary line to stderr."""
+    import time
+
+    from .runtime import iter_predictions
+
+    bar = progress_bar(len(found.paths), progress, prog)
+    start = time.perf_counter()
+    try:
+        records = iter_predictions(found.paths, logits_fn, preprocess, labels=labels, threshold=threshold,
+                                   batch_size=batch_size, workers=workers, progress=bar)
+        tally = write_records(records, out, labels)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"{prog}: " + tally.summary(threshold=threshold, seconds=time.perf_counter() - start,
+                                      engine=engine, skipped=len(found.skipped), out=out), file=sys.stderr)
+    return tally
