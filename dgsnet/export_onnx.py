@@ -35,14 +35,16 @@ from pathlib import Path
 
 import numpy as np
 
+# The runtime's reader defines the metadata format and the step names; the writer uses them.
+from dgsnet_export.metadata import FORMAT as METADATA_FORMAT
+from dgsnet_export.metadata import NORMALIZE, PATCH_SELECTION
+
 DEFAULT_OPSET = 17
-METADATA_FORMAT = "dgsnet-detector/1"
 OUTPUT_NAMES = ("logits", "probabilities")
 INPUT_SIZE = 224
 TRACE_BATCH = 2  # traced batch size; verification runs at others so a baked-in batch fails
 FLOAT32_ATOL = 1e-4  # max |onnx - torch| on logits, relative to max(1, max |logit|)
 FLOAT16_ATOL = 2e-2
-CALLER_PREPROCESSING = "dgs-patch-selection"
 LABELS = ("real", "generated")  # index = label (1 = generated, DESIGN section 1)
 
 # ONNX ops (default domain) the TensorRT ONNX parser supports (onnx-tensorrt
@@ -143,11 +145,11 @@ def build_metadata(metadata: dict, *, precision: str, with_preprocessing: bool, 
     if with_preprocessing:
         graph_input = {"name": input_name, "dtype": "uint8", "layout": "NHWC",
                        "shape": ["batch", INPUT_SIZE, INPUT_SIZE, 3]}
-        steps = {"caller": [CALLER_PREPROCESSING], "in_graph": ["normalize"]}
+        steps = {"caller": [PATCH_SELECTION], "in_graph": [NORMALIZE]}
     else:
         graph_input = {"name": input_name, "dtype": "float32", "layout": "NCHW",
                        "shape": ["batch", 3, INPUT_SIZE, INPUT_SIZE]}
-        steps = {"caller": [CALLER_PREPROCESSING, "normalize"], "in_graph": []}
+        steps = {"caller": [PATCH_SELECTION, NORMALIZE], "in_graph": []}
     props = {
         "format": METADATA_FORMAT,
         "dgsnet_version": __version__,

@@ -9,8 +9,9 @@ import json
 from dataclasses import dataclass
 
 FORMAT = "dgsnet-detector/1"
-KNOWN_CALLER_STEPS = ("dgs-patch-selection", "normalize")
-KNOWN_GRAPH_STEPS = ("normalize",)
+PATCH_SELECTION, NORMALIZE = "dgs-patch-selection", "normalize"  # preprocessing step names
+KNOWN_CALLER_STEPS = (PATCH_SELECTION, NORMALIZE)
+KNOWN_GRAPH_STEPS = (NORMALIZE,)
 
 
 class MetadataError(ValueError):
