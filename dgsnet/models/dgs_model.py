@@ -11,7 +11,7 @@ import copy
 import torch
 from torch import nn
 
-from dgsnet.models.backbone import BackboneSpec, create_clip, embed_dim, fingerprint
+from dgsnet.models.backbone import BackboneSpec, activation_of, create_clip, embed_dim, fingerprint, tokenizer
 from dgsnet.models.lora import (LoRAConfig, apply_lora, count_parameters, lora_disabled, lora_modules,
                                 lora_state_dict, strip_lora)
 
@@ -37,6 +37,7 @@ class DGSNetModel(nn.Module):
         self.lora_config = lora or LoRAConfig()
         self.clip = clip if clip is not None else create_clip(spec)
         self.clip.requires_grad_(False)
+        self.activation = activation_of(self.clip)  # recorded: what the blocks really run
         # Identities recorded before LoRA changes anything: checkpoints are checked against them.
         self.visual_fingerprint = fingerprint(self.clip.visual)
         self.text_fingerprint = fingerprint(nn.ModuleList(
@@ -65,9 +66,7 @@ class DGSNetModel(nn.Module):
     @torch.no_grad()
     def encode_captions(self, captions: list[str]) -> torch.Tensor:
         if self._tokenizer is None:
-            import open_clip
-
-            self._tokenizer = open_clip.get_tokenizer(self.spec.model)
+            self._tokenizer = tokenizer(self.spec)
         device = next(self.clip.parameters()).device
         return self.clip.encode_text(self._tokenizer(list(captions)).to(device))
 

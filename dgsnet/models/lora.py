@@ -23,15 +23,30 @@ from torch import nn
 TARGETS = ("q", "k", "v")
 
 
+SCALINGS = ("sqrt", "linear")
+DROPOUT_MASKS = ("separate", "shared")
+# What a checkpoint written before these fields existed was trained with.
+LEGACY_FIELDS = {"scaling": "linear", "dropout_masks": "shared"}
+
+
 @dataclass
 class LoRAConfig:
-    """Published defaults: rank 6, alpha 6, dropout 0.8 on the LoRA input, q/k/v of all blocks."""
+    """Published defaults: rank 6, alpha 6, dropout 0.8 on the LoRA input, q/k/v of all blocks.
+
+    `scaling`: the update is scale * B A with scale = alpha / sqrt(r) ("sqrt",
+    what CLIP-LoRA's layers and so the published DGS-Net use) or alpha / r
+    ("linear", the original LoRA paper). `dropout_masks`: "separate" draws an
+    independent dropout mask for each of q, k and v (the published code has
+    one nn.Dropout per projection); "shared" draws one mask for all three.
+    """
 
     rank: int = 6
     alpha: float = 6.0
     dropout: float = 0.8
     targets: tuple[str, ...] = TARGETS
     blocks: list[int] | str = "all"  # "all" or block indices (negative counts from the end)
+    scaling: str = "sqrt"
+    dropout_masks: str = "separate"
 
     def __post_init__(self):
         self.targets = tuple(self.targets)
@@ -44,10 +59,22 @@ class LoRAConfig:
             raise ValueError(f"LoRA targets must be a non-empty subset of q, k, v; got {self.targets}")
         if isinstance(self.blocks, str) and self.blocks != "all":
             raise ValueError(f"LoRA blocks must be 'all' or a list of indices, got {self.blocks!r}")
+        if self.scaling not in SCALINGS:
+            raise ValueError(f"LoRA scaling must be one of {', '.join(SCALINGS)}, got {self.scaling!r}")
+        if self.dropout_masks not in DROPOUT_MASKS:
+            raise ValueError(f"LoRA dropout_masks must be one of {', '.join(DROPOUT_MASKS)}, "
+                             f"got {self.dropout_masks!r}")
 
     @property
     def scale(self) -> float:
+        if self.scaling == "sqrt":
+            return self.alpha / math.sqrt(self.rank)
         return self.alpha / self.rank
+
+    @classmethod
+    def from_metadata(cls, values: dict) -> "LoRAConfig":
+        """The config a checkpoint recorded; files older than `scaling`/`dropout_masks` mean linear + shared."""
+        return cls(**{**LEGACY_FIELDS, **values})
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -66,6 +93,7 @@ class LoRAAttention(nn.Module):
         self.base = base
         self.targets = cfg.targets
         self.scale = cfg.scale
+        self.separate_masks = cfg.dropout_masks == "separate"
         self.dropout = nn.Dropout(cfg.dropout)
         dim = base.embed_dim
         dtype, device = base.in_proj_weight.dtype, base.in_proj_weight.device
@@ -129,10 +157,13 @@ class LoRAAttention(nn.Module):
         return (out if base.batch_first else out.transpose(0, 1)), None
 
     def _lora_qkv(self, x: torch.Tensor) -> torch.Tensor:
-        # One (N, L, r*T) down-projection for all targets, then one up-projection each.
-        xd = self.dropout(x)
-        a_all = torch.cat([a for _, a, _ in self.lora_pairs()], dim=0)
-        low = F.linear(xd, a_all).split(a_all.shape[0] // len(self.targets), dim=-1)
+        if self.separate_masks and self.training and self.dropout.p > 0:
+            # One mask per target: each target's down-projection sees its own dropped input.
+            low = [F.linear(self.dropout(x), a) for _, a, _ in self.lora_pairs()]
+        else:
+            # One (N, L, r*T) down-projection for all targets (one mask, or none in eval).
+            a_all = torch.cat([a for _, a, _ in self.lora_pairs()], dim=0)
+            low = F.linear(self.dropout(x), a_all).split(a_all.shape[0] // len(self.targets), dim=-1)
         pieces = []
         for t in TARGETS:
             if t in self.targets:

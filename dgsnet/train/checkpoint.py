@@ -28,7 +28,8 @@ def model_metadata(model, stage: int, config: dict, step: int) -> dict:
         "dgsnet_version": __version__,
         "stage": stage,
         "step": step,
-        "backbone": {**model.spec.to_dict(), "visual_fingerprint": model.visual_fingerprint,
+        "backbone": {**model.spec.to_dict(), "resolved_activation": model.activation,
+                     "visual_fingerprint": model.visual_fingerprint,
                      "text_fingerprint": model.text_fingerprint, "embed_dim": model.dim},
         "lora": model.lora_config.to_dict(),
         "heads": ["student_head", "teacher_head", "text_head"],
@@ -74,10 +75,14 @@ def read_model_tensors(directory: str) -> dict[str, torch.Tensor]:
 
 def check_backbone(meta: dict, model, source: str) -> None:
     """Refuses weights trained on another backbone, with what differs and the fix."""
-    got = meta["backbone"]
-    want = {**model.spec.to_dict(), "visual_fingerprint": model.visual_fingerprint}
+    got = {**meta["backbone"], "resolved_activation": recorded_activation(meta["backbone"])}
+    if os.path.isdir(source):  # a converted run records its backbone files relative to itself
+        got["model"], got["pretrained"] = _in_run(source, got["model"]), _in_run(source, got.get("pretrained"))
+    want = {**model.spec.to_dict(), "visual_fingerprint": model.visual_fingerprint,
+            "resolved_activation": model.activation}
     diffs = [f"{k}: checkpoint {got.get(k)!r} vs this run {want[k]!r}"
-             for k in ("model", "pretrained", "visual_fingerprint") if got.get(k) != want[k]]
+             for k in ("model", "pretrained", "visual_fingerprint", "resolved_activation")
+             if got.get(k) is not None and got.get(k) != want[k]]
     if diffs:
         raise ValueError(f"{source} was trained on another backbone ({'; '.join(diffs)}). "
                          f"Use a checkpoint trained with --model {model.spec.model} --pretrained "
@@ -183,14 +188,35 @@ def restore_rng(rng: dict[str, torch.Tensor], rank: int = 0) -> None:
         torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])
 
 
+def recorded_activation(backbone: dict) -> str | None:
+    """The activation a run's backbone ran (None: a file from before it was recorded)."""
+    return backbone.get("resolved_activation")
+
+
+def _in_run(run_dir: str, value: str | None) -> str | None:
+    """A backbone file recorded relative to its run directory (converted runs) resolves against it."""
+    if value and not os.path.isabs(value) and os.path.isfile(os.path.join(run_dir, value)):
+        return os.path.join(run_dir, value)
+    return value
+
+
+def backbone_spec(meta: dict, run_dir: str):
+    """The BackboneSpec a checkpoint was trained with (files older than `activation` mean `config`)."""
+    from dgsnet.models import BackboneSpec
+
+    bb = meta["backbone"]
+    return BackboneSpec(model=_in_run(run_dir, bb["model"]), pretrained=_in_run(run_dir, bb["pretrained"]),
+                        init_seed=bb["init_seed"], activation=bb.get("activation", "config"))
+
+
 def load_model(run_dir: str, device: str | torch.device = "cpu"):
     """(DGSNetModel, metadata) of a finished run directory, checked against its recorded backbone."""
-    from dgsnet.models import BackboneSpec, DGSNetModel, LoRAConfig
+    from dgsnet.models import DGSNetModel, LoRAConfig
 
     meta = read_metadata(run_dir)
-    bb = meta["backbone"]
-    spec = BackboneSpec(model=bb["model"], pretrained=bb["pretrained"], init_seed=bb["init_seed"])
-    model = DGSNetModel(spec, LoRAConfig(**meta["lora"]))
+    spec = backbone_spec(meta, run_dir)
+    meta["backbone"] = {**meta["backbone"], "model": spec.model, "pretrained": spec.pretrained}
+    model = DGSNetModel(spec, LoRAConfig.from_metadata(meta["lora"]))
     check_backbone(meta, model, run_dir)
     model.load_trained_state_dict(read_model_tensors(run_dir), source=run_dir)
     return model.to(device).eval(), meta

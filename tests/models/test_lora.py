@@ -110,3 +110,86 @@ def test_bad_lora_configs():
         LoRAConfig(targets=("q", "o"))
     with pytest.raises(ValueError, match="out of range"):
         DGSNetModel(TINY, LoRAConfig(blocks=[5]))
+    with pytest.raises(ValueError, match="scaling"):
+        LoRAConfig(scaling="rank")
+    with pytest.raises(ValueError, match="dropout_masks"):
+        LoRAConfig(dropout_masks="one")
+
+
+def _packed_forward(mod, x):
+    """q/k/v of the wrapped attention written out: x W^T + b + scale * x A^T B^T per target."""
+    w, b = mod.base.in_proj_weight, mod.base.in_proj_bias
+    return F.linear(x, w, b) + torch.cat([mod.scale * F.linear(F.linear(x, a), bb) for _, a, bb in mod.lora_pairs()],
+                                         dim=-1)
+
+
+@pytest.mark.parametrize("scaling,rank,alpha,want", [("sqrt", 6, 6.0, 6 / 6 ** 0.5), ("linear", 6, 6.0, 1.0),
+                                                     ("sqrt", 4, 8.0, 4.0), ("linear", 4, 8.0, 2.0)])
+def test_lora_scale_is_what_the_config_says(scaling, rank, alpha, want):
+    """Published CLIP-LoRA scales by alpha / sqrt(r) (2.449 at r=6, alpha=6), not alpha / r."""
+    cfg = LoRAConfig(rank=rank, alpha=alpha, scaling=scaling, dropout=0.0)
+    assert cfg.scale == pytest.approx(want, rel=1e-15)
+    m = DGSNetModel(TINY, cfg).double().eval()
+    mod = lora_modules(m.visual)[0]
+    with torch.no_grad():
+        for _, _, b in mod.lora_pairs():
+            b.normal_()
+        x = torch.randn(2, 5, 64, dtype=torch.float64)
+        got = F.linear(x, mod.base.in_proj_weight, mod.base.in_proj_bias) + mod._lora_qkv(x)
+        torch.testing.assert_close(got, _packed_forward(mod, x), rtol=1e-12, atol=1e-12)
+
+
+def _lora_outputs(masks: str, seed: int = 0):
+    m = DGSNetModel(TINY, LoRAConfig(rank=2, dropout=0.5, dropout_masks=masks)).train()
+    mod = lora_modules(m.visual)[0]
+    with torch.no_grad():  # identical q, k and v LoRA: the outputs differ only by their dropout masks
+        a0, b0 = torch.randn(2, 64), torch.randn(64, 2)
+        for _, a, b in mod.lora_pairs():
+            a.copy_(a0)
+            b.copy_(b0)
+        torch.manual_seed(seed)
+        return mod._lora_qkv(torch.randn(3, 7, 64, generator=torch.Generator().manual_seed(1))).chunk(3, dim=-1)
+
+
+def test_separate_dropout_masks_per_projection():
+    q, k, v = _lora_outputs("separate")
+    assert (q - k).abs().max() > 1e-3 and (k - v).abs().max() > 1e-3
+    q, k, v = _lora_outputs("shared")
+    torch.testing.assert_close(q, k, rtol=1e-4, atol=1e-4)  # one mask: equal up to matmul rounding
+    torch.testing.assert_close(k, v, rtol=1e-4, atol=1e-4)
+
+
+def test_separate_masks_do_not_change_eval_or_merge():
+    """Dropout is off in eval: separate masks, shared mask and the merged weights all agree."""
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(4))
+    outs = []
+    for masks in ("separate", "shared"):
+        torch.manual_seed(0)
+        m = DGSNetModel(TINY, LoRAConfig(dropout=0.8, dropout_masks=masks)).eval()
+        with torch.no_grad():
+            for mod in lora_modules(m.visual):
+                for _, _, b in mod.lora_pairs():
+                    b.copy_(torch.randn(b.shape, generator=torch.Generator().manual_seed(5)) * 0.05)
+            outs.append(m.student_features(x))
+            outs.append(m.detector().visual(x))
+    for other in outs[1:]:
+        torch.testing.assert_close(other, outs[0], rtol=1e-5, atol=1e-5)
+
+
+def test_old_checkpoints_load_with_the_behaviour_they_were_trained_with(tmp_path):
+    """model.json files written before scaling/dropout_masks existed mean linear scaling + one mask."""
+    import json
+
+    from dgsnet.train import checkpoint as ckpt
+
+    m = DGSNetModel(TINY, LoRAConfig(scaling="linear", dropout_masks="shared"))
+    ckpt.write_model(str(tmp_path), m, stage=2, config={}, step=0)
+    meta_path = tmp_path / "model.json"
+    meta = json.loads(meta_path.read_text())
+    for key in ("scaling", "dropout_masks"):
+        del meta["lora"][key]
+    meta_path.write_text(json.dumps(meta))
+    loaded, _ = ckpt.load_model(str(tmp_path))
+    assert loaded.lora_config.scaling == "linear" and loaded.lora_config.dropout_masks == "shared"
+    assert lora_modules(loaded.visual)[0].scale == 1.0
+    assert LoRAConfig().scaling == "sqrt" and LoRAConfig().dropout_masks == "separate"
