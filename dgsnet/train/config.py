@@ -14,8 +14,32 @@ import yaml
 from dgsnet.models import BackboneSpec, LoRAConfig
 
 
+#: `--preset published`: every knob at the behaviour of the published DGS-Net code
+#: (HorizonTEL/DGS-Net). Keys dgsnet's own defaults set differently are marked; the README
+#: explains each. Values given in a --config file or as flags still win over the preset.
+PRESETS: dict[str, dict] = {
+    "published": {
+        "model": "ViT-L-14", "pretrained": "openai",
+        "activation": "quick_gelu",  # OpenAI CLIP's blocks
+        "lora_rank": 6, "lora_alpha": 6.0, "lora_scaling": "sqrt", "lora_dropout": 0.8,
+        "lora_dropout_masks": "separate", "lora_targets": ["q", "k", "v"], "lora_blocks": "all",
+        "norm": "imagenet", "flip_prob": 0.5, "blur_prob": 0.0, "jpeg_prob": 0.0, "resize_prob": 0.0,
+        "decode": "pil",  # differs: Image.open(path).convert("RGB"), no EXIF rotation
+        "drop_last": False,  # differs: torch's DataLoader default keeps the last partial batch
+        "amp": "off",  # differs: float32, no autocast
+        "batch_size": 32, "accum": 1, "lr": 1e-4, "teacher_lr": 1e-4, "betas": [0.9, 0.999],
+        "weight_decay": 0.0, "schedule": "constant", "warmup_steps": 0,
+        "teacher_epochs": 3, "epochs": 1,  # the README's stage commands: --niter 3, then --niter 1
+        "surgery": "feature", "variant": "published", "lam": 0.2, "eps": 1e-6,
+        "seed": 100,  # seed_torch(100); the random streams differ, so runs are not bit-identical
+    },
+}
+
+
 @dataclass
 class TrainConfig:
+    # preset (applied first: a config file and flags override it)
+    preset: str | None = None  # published: every knob as in the published DGS-Net code (see README)
     # data
     data: str | None = None  # dataset root ({0_real,1_fake} or <class>/{0_real,1_fake})
     captions: str | None = None  # JSON path -> caption; default <data>/captions.json when present
@@ -26,13 +50,19 @@ class TrainConfig:
     resize_prob: float = 0.0  # probability of a random resize before patch selection
     workers: int = 2  # DataLoader worker processes
     strict_data: bool = False  # a bad image is an error instead of being skipped
+    decode: str = "dgsnet"  # dgsnet (EXIF rotation applied, alpha on white) or pil (published: PIL convert('RGB'))
+    caption_max_template: float = 0.1  # error when a captions file is used and more than this fraction of images fall back to the template caption
+    drop_last: bool = True  # drop an epoch's last partial batch (the published loader keeps it)
     # backbone and LoRA (published: ViT-L/14 OpenAI weights, r=6, alpha=6, dropout 0.8, q/k/v of all blocks)
     model: str = "ViT-L-14"  # open_clip model name (dgsnet adds dgs-tiny and dgs-small for tests/demo)
     pretrained: str | None = "openai"  # open_clip tag, local weights file, or none (random init)
+    activation: str = "auto"  # auto (QuickGELU for OpenAI weights), quick_gelu or gelu
     init_seed: int = 0  # seed of random-initialised weights (backbone and heads)
     lora_rank: int = 6  # LoRA rank r
-    lora_alpha: float = 6.0  # LoRA alpha (update scaled by alpha / r)
+    lora_alpha: float = 6.0  # LoRA alpha (the update is scaled by alpha / sqrt(r), or alpha / r)
+    lora_scaling: str = "sqrt"  # sqrt (alpha / sqrt(r), published CLIP-LoRA) or linear (alpha / r)
     lora_dropout: float = 0.8  # dropout on the LoRA input
+    lora_dropout_masks: str = "separate"  # separate (one mask per q, k, v, published) or shared
     lora_targets: list[str] = field(default_factory=lambda: ["q", "k", "v"])  # attention projections with LoRA
     lora_blocks: str = "all"  # "all" or comma-separated indices, e.g. "-4,-3,-2,-1"
     # optimisation (published: Adam, lr 1e-4, betas (0.9, 0.999), batch 32, 3 + 1 epochs)
@@ -48,7 +78,7 @@ class TrainConfig:
     epochs: int = 1  # stage-2 epochs
     max_steps: int | None = None  # stop after this many optimiser steps (smoke runs)
     # DGS-Net objective
-    surgery: str = "feature"  # none, feature, layer, both
+    surgery: str = "feature"  # none (plain LoRA), feature (DGS-Net as published), layer or both (dgsnet's extension: parameter-space surgery, not in the paper or the published code)
     variant: str = "published"  # published or paper
     lam: float = 0.2  # weight of the prior-alignment loss
     eps: float = 1e-6  # added to ||relu(g_X)|| when normalising the harmful direction
@@ -71,6 +101,8 @@ class TrainConfig:
 
     def __post_init__(self):
         choices = {"norm": ("imagenet", "clip"), "schedule": ("constant", "cosine"),
+                   "decode": ("dgsnet", "pil"), "activation": ("auto", "quick_gelu", "gelu"),
+                   "lora_scaling": ("sqrt", "linear"), "lora_dropout_masks": ("separate", "shared"),
                    "surgery": ("none", "feature", "layer", "both"), "variant": ("published", "paper"),
                    "amp": ("auto", "bf16", "fp16", "off"),
                    "backend": ("reference", "cpp", "cuda", "triton", "auto")}
@@ -82,14 +114,20 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.pretrained in ("", "none", "None"):
             self.pretrained = None
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"preset={self.preset!r}: choose one of {', '.join(PRESETS)}")
+        if not 0.0 <= self.caption_max_template <= 1.0:
+            raise ValueError(f"caption_max_template must be a fraction in [0, 1], got {self.caption_max_template}")
 
     def backbone(self) -> BackboneSpec:
-        return BackboneSpec(model=self.model, pretrained=self.pretrained, init_seed=self.init_seed)
+        return BackboneSpec(model=self.model, pretrained=self.pretrained, init_seed=self.init_seed,
+                            activation=self.activation)
 
     def lora(self) -> LoRAConfig:
         blocks = "all" if str(self.lora_blocks) == "all" else [int(b) for b in str(self.lora_blocks).split(",")]
         return LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout,
-                          targets=tuple(self.lora_targets), blocks=blocks)
+                          targets=tuple(self.lora_targets), blocks=blocks, scaling=self.lora_scaling,
+                          dropout_masks=self.lora_dropout_masks)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -108,14 +146,29 @@ class TrainConfig:
         return cls(**values)
 
     @classmethod
+    def with_preset(cls, preset: str | None, values: dict | None = None, source: str = "config") -> TrainConfig:
+        """The preset's settings, then `values` over them (an unknown preset is an error)."""
+        values = dict(values or {})
+        if preset is None:
+            return cls.from_dict(values, source=source)
+        if preset not in PRESETS:
+            raise ValueError(f"{source}: preset {preset!r} does not exist; choose one of {', '.join(PRESETS)}")
+        return cls.from_dict({**PRESETS[preset], **values, "preset": preset}, source=source)
+
+    @classmethod
     def load(cls, path: str) -> TrainConfig:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"config file {path} does not exist")
-        with open(path) as fh:
-            values = yaml.safe_load(fh) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: a config file must be a YAML mapping of keys to values")
-        return cls.from_dict(values, source=path)
+        values = _read_yaml(path)
+        return cls.with_preset(values.get("preset"), values, source=path)
+
+
+def _read_yaml(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path} does not exist")
+    with open(path) as fh:
+        values = yaml.safe_load(fh) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a config file must be a YAML mapping of keys to values")
+    return values
 
 
 def _field_type(f: dataclasses.Field):
@@ -156,10 +209,17 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
 
 
 def config_from_args(args: argparse.Namespace, **fixed) -> TrainConfig:
-    base = TrainConfig.load(args.config).to_dict() if getattr(args, "config", None) else {}
+    """defaults < --preset < --config file < flags < `fixed`."""
+    base = _read_yaml(args.config) if getattr(args, "config", None) else {}
     for f in fields(TrainConfig):
         value = getattr(args, f.name, None)
         if value is not None:
             base[f.name] = value
     base.update(fixed)
-    return TrainConfig.from_dict(base)
+    preset = base.get("preset")
+    if preset in PRESETS:
+        overridden = sorted(k for k in PRESETS[preset] if k in base and base[k] != PRESETS[preset][k])
+        if overridden:
+            print(f"preset {preset}: overridden by your config/flags: "
+                  + ", ".join(f"{k}={base[k]!r} (preset {PRESETS[preset][k]!r})" for k in overridden), flush=True)
+    return TrainConfig.with_preset(preset, base, source=getattr(args, "config", None) or "flags")

@@ -100,8 +100,12 @@ class StageTrainer:
         self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=tuple(cfg.betas),
                                           weight_decay=cfg.weight_decay)
         self.epochs = cfg.teacher_epochs if stage == 1 else cfg.epochs
+        if not cfg.drop_last and self.world > 1:
+            raise ValueError("--no-drop-last keeps a partial last batch, which processes cannot split "
+                             "evenly; run it as one process, or keep --drop-last under torchrun")
         self.batches_per_epoch = EpochBatchSampler(len(dataset), cfg.batch_size, cfg.seed, 0,
-                                                   rank=self.rank, world=self.world).batches_per_epoch()
+                                                   rank=self.rank, world=self.world,
+                                                   drop_last=cfg.drop_last).batches_per_epoch()
         steps = self.epochs * math.ceil(self.batches_per_epoch / cfg.accum)
         self.total_steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg, self.total_steps))
@@ -179,7 +183,8 @@ class StageTrainer:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(self.epoch)
         sampler = EpochBatchSampler(len(self.dataset), self.cfg.batch_size, self.cfg.seed, self.epoch,
-                                    start_batch=self.batch_in_epoch, rank=self.rank, world=self.world)
+                                    start_batch=self.batch_in_epoch, rank=self.rank, world=self.world,
+                                    drop_last=self.cfg.drop_last)
         # The loader's own generator keeps it off the global RNG (LoRA dropout's), which a
         # resumed run restores: a fresh loader must not shift it.
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.epoch)
