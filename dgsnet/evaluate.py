@@ -68,14 +68,19 @@ def score_dataset(detector: torch.nn.Module, dataset, device: torch.device, batc
 def evaluate_detector(detector: torch.nn.Module, data_root: str, *, norm: str = "imagenet",
                       perturbations: str | list | None = None, captions: str | None = None,
                       batch_size: int = 64, workers: int = 0, device: str | torch.device = "cpu",
-                      strict: bool = False) -> EvalResult:
-    """Scores `detector` (images -> logits) on every subset of `data_root`, clean and perturbed."""
+                      strict: bool = False, patch_order: str = "raster", patch_seed: int = 100,
+                      decode: str = "dgsnet") -> EvalResult:
+    """Scores `detector` (images -> logits) on every subset of `data_root`, clean and perturbed.
+
+    patch_order: raster (dgsnet's deterministic layout) or shuffle (the published evaluation's
+    shuffled layout, seeded per file); decode: dgsnet or pil (the published loader)."""
     from dgsnet.data import build_eval_subsets, parse_perturbations
 
     device = torch.device(device)
     detector = detector.to(device).eval()
     conditions = [("clean", None)] + [(p.name, p) for p in parse_perturbations(perturbations)]
-    subsets = build_eval_subsets(data_root, norm=norm, captions=captions, strict=strict)
+    subsets = build_eval_subsets(data_root, norm=norm, captions=captions, strict=strict,
+                                 patch_order=patch_order, patch_seed=patch_seed, decode=decode)
     results, scores = {}, {}
     for condition, perturb in conditions:
         rows, kept = [], []
@@ -95,7 +100,8 @@ def evaluate_detector(detector: torch.nn.Module, data_root: str, *, norm: str = 
 def evaluate_checkpoint(run_dir: str, data_root: str, *, out_dir: str | None = None, head: str = "auto",
                         perturbations: str | list | None = None, captions: str | None = None,
                         batch_size: int = 64, workers: int = 2, device: str = "auto",
-                        strict: bool = False, plot: bool = True) -> EvalResult:
+                        strict: bool = False, plot: bool = True, patch_order: str = "raster",
+                        patch_seed: int = 100, decode: str = "dgsnet") -> EvalResult:
     """`dgsnet eval`: a run directory's detector on `data_root`; writes eval.{csv,json,png} to `out_dir`."""
     from dgsnet.device import resolve_device
     from dgsnet.predict import load_detector
@@ -107,8 +113,11 @@ def evaluate_checkpoint(run_dir: str, data_root: str, *, out_dir: str | None = N
     detector, meta, head = load_detector(run_dir, head, device)
     result = evaluate_detector(detector, data_root, norm=meta.get("norm", "imagenet"),
                                perturbations=perturbations, captions=captions, batch_size=batch_size,
-                               workers=workers, device=device, strict=strict)
+                               workers=workers, device=device, strict=strict, patch_order=patch_order,
+                               patch_seed=patch_seed, decode=decode)
     out_dir = out_dir or os.path.join(run_dir, "eval", os.path.basename(os.path.normpath(data_root)))
-    result.markdown, result.files = write_eval_report(out_dir, result.results, plot=plot)
+    layout = "raster" if patch_order == "raster" else f"shuffle (seed {patch_seed}, per file name)"
+    setup = {"patch layout": layout, "decode": decode, "head": head}
+    result.markdown, result.files = write_eval_report(out_dir, result.results, plot=plot, setup=setup)
     log.info("evaluated %s (%s head) on %s", run_dir, head, data_root)
     return result

@@ -131,7 +131,9 @@ def cmd_predict(args) -> int:
     found = collect_inputs(args.inputs)
     if not found.paths:
         raise FileNotFoundError(f"no image files in {' '.join(args.inputs)}")
-    predictor = TorchPredictor(args.ckpt, head=args.head, device=args.device)
+    from dgsnet_export.cli import layout_options
+
+    predictor = TorchPredictor(args.ckpt, head=args.head, device=args.device, **layout_options(args))
     engine = f"torch {predictor.device} ({predictor.meta['backbone']['model']}, {predictor.head} head)"
     tally = score_and_report(found, predictor.logits, predictor.preprocess, labels=LABELS,
                              threshold=args.threshold, batch_size=args.batch, workers=args.workers,
@@ -156,6 +158,9 @@ def add_predict_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--workers", type=int, help="threads decoding and preprocessing images (default: up to 4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    from dgsnet_export.cli import add_layout_arguments
+
+    add_layout_arguments(p)
     p.set_defaults(func=cmd_predict)
 
 

@@ -18,6 +18,11 @@ runtime, goes through `load_rgb`, so every pixel convention lives here:
 - A decompression-bomb guard refuses images above `max_pixels` (width x
   height, read from the header before any pixel is decoded).
 
+`decode="pil"` instead reproduces the published DGS-Net loader,
+`Image.open(path).convert("RGB")`: no EXIF rotation, alpha dropped (not
+composited), Pillow's own conversion for every mode. The bomb guard and the
+error handling stay.
+
 Anything that cannot be read (missing, truncated, corrupt, not an image,
 too large) raises `ImageLoadError`, whose message names the file, what went
 wrong and what to do about it.
@@ -40,6 +45,8 @@ PathLike = Union[str, os.PathLike]
 
 # File names the loaders and the runtime take for images (inside folders; a file
 # named explicitly is always tried).
+DECODERS = ("dgsnet", "pil")
+
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".webp", ".tif", ".tiff", ".gif",
                             ".ppm", ".pgm"})
 
@@ -100,12 +107,15 @@ def _name_of(source: Source) -> str:
     return getattr(source, "name", "<stream>")
 
 
-def load_rgb(source: Source, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_rgb(source: Source, max_pixels: int | None = DEFAULT_MAX_PIXELS, decode: str = "dgsnet") -> np.ndarray:
     """Decode an image file (path, bytes or binary stream) to an HxWx3 uint8 RGB array.
 
-    `max_pixels=None` disables the decompression-bomb guard. Raises
+    `max_pixels=None` disables the decompression-bomb guard. `decode`:
+    "dgsnet" (the conventions above) or "pil" (the published loader). Raises
     `ImageLoadError` for anything that is not a readable image.
     """
+    if decode not in DECODERS:
+        raise ValueError(f"decode={decode!r}: choose one of {', '.join(DECODERS)}")
     name = _name_of(source)
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
@@ -131,6 +141,8 @@ def load_rgb(source: Source, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.
             raise ImageLoadError(name, f"image has no pixels ({width}x{height})")
         try:
             img.load()  # truncated / corrupt pixel data fails here
+            if decode == "pil":
+                return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
             return pil_to_rgb(img)
         except ImageLoadError:
             raise

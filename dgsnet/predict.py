@@ -2,7 +2,7 @@
 
 It is the reference of the exported runtime (dgsnet_export): the same
 decoding (dgsnet.imageio), the same preprocessing (dgsnet.preprocess:
-patch selection in raster order, then normalisation), the same batching
+patch selection in raster order, or the published shuffled layout, then normalisation), the same batching
 loop and JSON records; only the engine differs (torch instead of
 onnxruntime). So `dgsnet predict --ckpt RUN` and `dgsnet-predict
 detector.onnx` on the same files print the same numbers.
@@ -43,12 +43,14 @@ def load_detector(run_dir: str, head: str = "auto", device="cpu"):
 class TorchPredictor:
     """A checkpoint's detector with its preprocessing, scoring numpy batches through torch."""
 
-    def __init__(self, run_dir: str, head: str = "auto", device: str = "auto"):
+    def __init__(self, run_dir: str, head: str = "auto", device: str = "auto", *, patch_order: str = "raster",
+                 patch_seed: int = 100, decode: str = "dgsnet"):
         from dgsnet.preprocess import Preprocess
 
         self.device = resolve_device(device)
         self.detector, self.meta, self.head = load_detector(run_dir, head, self.device)
-        self.preprocess = Preprocess(norm=self.meta.get("norm", "imagenet"))
+        self.preprocess = Preprocess(norm=self.meta.get("norm", "imagenet"), patch_order=patch_order,
+                                     patch_seed=patch_seed, decode=decode)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """(B, 3, 224, 224) float32 normalised inputs -> (B,) float64 logits."""

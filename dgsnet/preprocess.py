@@ -25,6 +25,12 @@ The definition, for an HxWx3 uint8 RGB image:
 6. The 49 kept patches are laid out in a 7x7 grid (224x224): in raster
    order when `rng` is None (deterministic, independent of rounding
    noise), else in the order `rng.permutation(49)` draws from that list.
+   At inference the order is `raster` (dgsnet's default: the same tile
+   whatever the file is called) or `shuffle`, the published evaluation,
+   which shuffles the tile at test time too; dgsnet makes that shuffle
+   reproducible per image: the generator is seeded by (patch seed, CRC-32
+   of the file's base name), so eval, predict and the exported runtime give
+   one image the same layout wherever it is stored.
 
 `select_patches` computes this vectorised: a float32 DFT of all patches
 as matrix products (stage 1 along patch rows, stage 2 along patch
@@ -37,6 +43,8 @@ the definition kept as the test oracle and benchmark baseline.
 """
 from __future__ import annotations
 
+import os
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -297,6 +305,41 @@ def select_patches_loop(image: Any, rng: np.random.Generator | int | None = None
     return tile
 
 
+# ------------------------------------------------------------ patch order
+
+PATCH_ORDERS = ("raster", "shuffle")
+#: The published test script seeds its RNGs with 100 before evaluating.
+PUBLISHED_PATCH_SEED = 100
+
+
+#: `--preset published` of eval and predict: the published test loader's layout and decoding.
+INFERENCE_PRESETS = {"published": {"patch_order": "shuffle", "patch_seed": PUBLISHED_PATCH_SEED, "decode": "pil"}}
+INFERENCE_DEFAULTS = {"patch_order": "raster", "patch_seed": PUBLISHED_PATCH_SEED, "decode": "dgsnet"}
+
+
+def inference_options(preset: str | None = None, **given) -> dict:
+    """patch_order / patch_seed / decode: defaults < preset < what the caller gave (None = not given)."""
+    if preset is not None and preset not in INFERENCE_PRESETS:
+        raise ValueError(f"preset {preset!r}: choose one of {', '.join(INFERENCE_PRESETS)}")
+    chosen = {k: v for k, v in given.items() if v is not None}
+    return {**INFERENCE_DEFAULTS, **INFERENCE_PRESETS.get(preset, {}), **chosen}
+
+
+def check_patch_order(order: str) -> str:
+    if order not in PATCH_ORDERS:
+        raise ValueError(f"patch order {order!r}: choose one of {', '.join(PATCH_ORDERS)}")
+    return order
+
+
+def layout_rng(order: str, name: str | os.PathLike, seed: int = PUBLISHED_PATCH_SEED) -> np.random.Generator | None:
+    """The layout generator of one image at inference: None for raster order, else seeded by
+    (seed, CRC-32 of the file's base name), so a file's tile does not depend on where it is stored."""
+    if check_patch_order(order) == "raster":
+        return None
+    key = zlib.crc32(os.path.basename(os.fspath(name)).encode("utf-8", "surrogateescape"))
+    return np.random.default_rng([seed % 2 ** 63, key, 0x7368])
+
+
 # ---------------------------------------------------------- normalisation
 
 def normalize(tile: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
@@ -323,10 +366,14 @@ class Preprocess:
     """
 
     norm: str = "imagenet"
+    patch_order: str = "raster"  # raster, or shuffle (the published evaluation; see layout_rng)
+    patch_seed: int = PUBLISHED_PATCH_SEED
+    decode: str = "dgsnet"  # how files are decoded before this (dgsnet.imageio.load_rgb's decode)
 
     def __post_init__(self):
         if self.norm not in NORMS:
             raise ValueError(f"norm={self.norm!r}: choose one of {sorted(NORMS)}")
+        check_patch_order(self.patch_order)
 
     @property
     def mean(self) -> tuple[float, float, float]:
@@ -342,6 +389,10 @@ class Preprocess:
     def normalize(self, tile: np.ndarray) -> np.ndarray:
         return normalize(tile, self.mean, self.std)
 
-    def __call__(self, image: Any, rng: np.random.Generator | int | None = None) -> np.ndarray:
-        """HxWx3 uint8 image -> 3x224x224 float32 model input."""
+    def __call__(self, image: Any, rng: np.random.Generator | int | None = None, path=None) -> np.ndarray:
+        """HxWx3 uint8 image -> 3x224x224 float32 model input (`path` seeds a shuffled layout)."""
+        if rng is None and self.patch_order == "shuffle":
+            if path is None:
+                raise ValueError("a shuffled patch layout is seeded by the file name: pass path=")
+            rng = layout_rng(self.patch_order, path, self.patch_seed)
         return self.normalize(self.tile(image, rng))

@@ -126,26 +126,32 @@ def _save_figure(fig, path: str) -> None:
 
 
 def write_eval_report(out_dir: str, results: Mapping[str, Sequence[dict]], metric: str = "acc",
-                      prefix: str = "eval", plot: bool = True) -> tuple[str, dict[str, str]]:
+                      prefix: str = "eval", plot: bool = True,
+                      setup: Mapping[str, object] | None = None) -> tuple[str, dict[str, str]]:
     """Write every report file of an evaluation and return (markdown for stdout, {kind: path}).
 
     `results`: condition -> per-subset rows (without mean rows; the first
     condition is the unperturbed one, e.g. "clean"). Files:
     <prefix>.csv (one line per condition x subset, mean rows included),
     <prefix>.json, <prefix>.png (bar chart of the first condition), and with
-    more than one condition <prefix>_robustness.csv and .png.
+    more than one condition <prefix>_robustness.csv and .png. `setup`
+    (e.g. the patch layout and decoder used) heads the markdown as one line and
+    is stored in the JSON record.
     """
     os.makedirs(out_dir, exist_ok=True)
     conditions = list(results)
     full = {c: with_mean(results[c]) for c in conditions}
     texts, paths = [], {}
+    if setup:
+        texts.append("; ".join(f"{k}: {v}" for k, v in setup.items()))
     for condition in conditions:
         header = "" if len(conditions) == 1 else f"### {condition}\n\n"
         texts.append(header + markdown_table(full[condition]))
     long_rows = [{"condition": c, **row} for c in conditions for row in full[c]]
     columns = ["condition", KEY, *COUNTS, *METRICS]
     paths["csv"] = write_csv(long_rows, os.path.join(out_dir, f"{prefix}.csv"), columns)
-    record = {"conditions": conditions, "metrics": list(METRICS), "threshold": 0.5, "results": full}
+    record = {"conditions": conditions, "metrics": list(METRICS), "threshold": 0.5, "results": full,
+              "setup": dict(setup or {})}
     if len(conditions) > 1:
         record["robustness"] = {"metric": metric, "rows": robustness_rows(results, metric)}
         texts.append(f"### robustness\n\n{robustness_table(results, metric)}")

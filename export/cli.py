@@ -11,6 +11,29 @@ import argparse
 import sys
 
 
+def add_layout_arguments(parser: argparse.ArgumentParser) -> None:
+    """--preset, --patch-order, --patch-seed, --decode: shared by dgsnet-predict, dgsnet predict and
+    dgsnet eval; `layout_options(args)` resolves them."""
+    parser.add_argument("--preset", choices=["published"], default=None,
+                        help="published: the published test loader (--patch-order shuffle --decode pil)")
+    parser.add_argument("--patch-order", default=None, choices=["raster", "shuffle"],
+                        help="layout of the 49 selected patches: raster (default, deployment) or shuffle "
+                             "(the published evaluation's shuffled layout, seeded per file name)")
+    parser.add_argument("--patch-seed", type=int, default=None,
+                        help="seed of --patch-order shuffle (default 100, the published test seed)")
+    parser.add_argument("--decode", default=None, choices=["dgsnet", "pil"],
+                        help="dgsnet (EXIF rotation, alpha on white; default) or pil (the published "
+                             "loader: PIL convert('RGB'), no EXIF rotation)")
+
+
+def layout_options(args: argparse.Namespace) -> dict:
+    """{patch_order, patch_seed, decode} from the flags: defaults < --preset < explicit flags."""
+    from dgsnet.preprocess import inference_options
+
+    return inference_options(args.preset, patch_order=args.patch_order, patch_seed=args.patch_seed,
+                             decode=args.decode)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dgsnet-predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -27,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-trt-fp16", action="store_true", help="keep TensorRT in float32")
     parser.add_argument("--trt-cache", help="folder to cache TensorRT engines in (rebuilds are slow)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_layout_arguments(parser)
     return parser
 
 
@@ -47,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         detector = OnnxDetector(args.model, provider=args.provider, threads=args.threads,
                                 max_batch=max(args.batch, 1), trt_fp16=not args.no_trt_fp16,
-                                trt_cache_dir=args.trt_cache)
+                                trt_cache_dir=args.trt_cache, **layout_options(args))
     except (ModelLoadError, MetadataError) as exc:
         print(f"dgsnet-predict: {exc}", file=sys.stderr)
         return 2

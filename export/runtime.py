@@ -40,7 +40,7 @@ def _load_and_preprocess(path: Path, preprocess: Callable[[np.ndarray], np.ndarr
     from dgsnet.imageio import ImageLoadError, load_rgb
 
     try:
-        return preprocess(load_rgb(path)), None
+        return preprocess(load_rgb(path, decode=getattr(preprocess, "decode", "dgsnet")), path=path), None
     except ImageLoadError as exc:
         return None, str(exc)
     except ValueError as exc:  # an image the preprocessing cannot take (e.g. odd shape)
@@ -98,10 +98,13 @@ class OnnxDetector:
     provider: 'auto' | 'tensorrt' | 'cuda' | 'cpu' (TensorRT -> CUDA -> CPU, first available).
     threads: onnxruntime intra-op threads (None = onnxruntime's default, all cores).
     max_batch: the largest batch TensorRT's profile covers; trt_fp16: let TensorRT run float16.
+    patch_order / patch_seed / decode: the preprocessing choices of dgsnet.preprocess.layout_rng
+    and dgsnet.imageio.load_rgb (raster order and dgsnet decoding unless asked otherwise).
     """
 
     def __init__(self, model_path, provider: str = "auto", *, threads: int | None = None,
-                 max_batch: int = 64, trt_fp16: bool = True, trt_cache_dir: str | None = None):
+                 max_batch: int = 64, trt_fp16: bool = True, trt_cache_dir: str | None = None,
+                 patch_order: str = "raster", patch_seed: int = 100, decode: str = "dgsnet"):
         import onnxruntime as ort
 
         self.path = Path(model_path)
@@ -133,7 +136,8 @@ class OnnxDetector:
         self.provider = self.session.get_providers()[0]
         if self.provider != chain[0]:
             self.notes.append(f"{chain[0]} could not start; running on {self.provider}")
-        self.preprocess = Preprocessor.from_info(self.info)
+        self.preprocess = Preprocessor.from_info(self.info, patch_order=patch_order, patch_seed=patch_seed,
+                                                 decode=decode)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """(B, ...) graph inputs -> (B,) float64 logits."""

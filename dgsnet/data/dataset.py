@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dgsnet.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, load_rgb
-from dgsnet.preprocess import NORMS, normalize, select_patches
+from dgsnet.preprocess import NORMS, PUBLISHED_PATCH_SEED, check_patch_order, layout_rng, normalize, select_patches
 
 from .augment import Augment, item_rng
 from .layouts import Sample
@@ -24,12 +24,15 @@ class FolderDataset(Dataset):
 
     Training (`augment` given) shuffles the patch layout and augments with
     randomness drawn from (seed, epoch, index) only; without `augment` the
-    layout is the deterministic raster order of the selected patches.
+    layout is `patch_order`: raster (deterministic), or shuffle (the
+    published evaluation), seeded per file by dgsnet.preprocess.layout_rng.
+    `decode` is dgsnet.imageio.load_rgb's (dgsnet, or pil as published).
     """
 
     def __init__(self, samples: Sequence[Sample], captions: Sequence[str], *, norm: str = "imagenet",
                  augment: Augment | None = None, perturb: Perturbation | None = None, seed: int = 0,
-                 strict: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str = ""):
+                 strict: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str = "",
+                 patch_order: str = "raster", patch_seed: int = PUBLISHED_PATCH_SEED, decode: str = "dgsnet"):
         if len(samples) != len(captions):
             raise ValueError(f"{len(samples)} samples but {len(captions)} captions")
         if norm not in NORMS:
@@ -40,6 +43,7 @@ class FolderDataset(Dataset):
         self.mean, self.std = NORMS[norm]
         self.norm, self.augment, self.perturb = norm, augment, perturb
         self.seed, self.epoch, self.strict, self.max_pixels, self.name = seed, 0, strict, max_pixels, name
+        self.patch_order, self.patch_seed, self.decode = check_patch_order(patch_order), patch_seed, decode
         self.skipped: list[str] = []  # unreadable files met by this process
 
     def __len__(self) -> int:
@@ -50,11 +54,11 @@ class FolderDataset(Dataset):
 
     def tile(self, index: int):
         """The 224x224x3 uint8 patch tile of item `index` (raises ImageLoadError for a bad file)."""
-        rgb = load_rgb(self.paths[index], max_pixels=self.max_pixels)
+        rgb = load_rgb(self.paths[index], max_pixels=self.max_pixels, decode=self.decode)
         if self.perturb is not None:
             rgb = self.perturb(rgb)
         if self.augment is None:
-            return select_patches(rgb)
+            return select_patches(rgb, layout_rng(self.patch_order, self.paths[index], self.patch_seed))
         rng = item_rng(self.seed, self.epoch, index)
         rgb = self.augment.before_selection(rgb, rng)
         return self.augment.after_selection(select_patches(rgb, rng), rng)

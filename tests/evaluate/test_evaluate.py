@@ -94,3 +94,26 @@ def test_eval_errors_name_the_problem(bench, tmp_path, capsys):
     assert "model.json" in capsys.readouterr().err
     assert main(["eval", "--ckpt", student, "--data", str(tmp_path / "nowhere")]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_eval_report_says_which_layout_and_decoder_were_used(bench, tmp_path, capsys):
+    info, _, student = bench
+    reports = {}
+    for name, extra in {"raster": [], "published": ["--preset", "published"]}.items():
+        out = str(tmp_path / name)
+        assert main(["eval", "--ckpt", student, "--data", info.test_dir, "--out", out, "--workers", "0",
+                     "--no-plot", *extra]) == 0
+        stdout = capsys.readouterr().out
+        with open(os.path.join(out, "eval.json")) as fh:
+            reports[name] = json.load(fh)
+        assert stdout.splitlines()[0].startswith("patch layout: ")
+    assert reports["raster"]["setup"]["patch layout"] == "raster"
+    assert reports["raster"]["setup"]["decode"] == "dgsnet"
+    assert reports["published"]["setup"]["patch layout"].startswith("shuffle (seed 100")
+    assert reports["published"]["setup"]["decode"] == "pil"
+    from dgsnet.evaluate import evaluate_checkpoint
+
+    probs = [np.concatenate([s.probs for s in evaluate_checkpoint(
+        student, info.test_dir, out_dir=str(tmp_path / order), workers=0, plot=False,
+        patch_order=order).scores["clean"]]) for order in ("raster", "shuffle")]
+    assert np.abs(probs[0] - probs[1]).max() > 1e-6  # the shuffled layout scores differently

@@ -97,6 +97,24 @@ def test_torch_predict_and_onnx_runtime_give_the_same_records(trained_run, expor
     assert np.ptp([a["logit"] for a, _ in scored]) > 0.1  # the photos are told apart
 
 
+def test_published_layout_agrees_between_torch_and_onnx_and_moves_scores(trained_run, exported, photo_dir,
+                                                                          tmp_path):
+    """--preset published (shuffled layout per file name, PIL decoding) in both predict commands."""
+    run_dir, _ = trained_run
+    outs = {}
+    for name, argv in {"torch": ["predict", "--ckpt", run_dir, photo_dir, "--preset", "published"],
+                       "raster": ["predict", "--ckpt", run_dir, photo_dir]}.items():
+        outs[name] = tmp_path / f"{name}.jsonl"
+        assert dgsnet([*argv, "--out", outs[name]]) == 0
+    outs["onnx"] = tmp_path / "onnx.jsonl"
+    assert onnx_predict_main([str(exported), str(photo_dir), "--out", str(outs["onnx"]), "--provider", "cpu",
+                              "--patch-order", "shuffle", "--decode", "pil"]) == 0
+    shuffled, onnx, raster = (_jsonl(outs[k]) for k in ("torch", "onnx", "raster"))
+    for a, b in zip(shuffled, onnx):
+        assert a["path"] == b["path"] and b["logit"] == pytest.approx(a["logit"], abs=1e-4 * max(1.0, abs(a["logit"])))
+    assert max(abs(a["logit"] - r["logit"]) for a, r in zip(shuffled, raster)) > 1e-3  # the layout matters
+
+
 def test_stage1_run_predicts_with_the_teacher_probe(tmp_path, photo_dir):
     model = write_trained_run(tmp_path / "stage1", stage=1, seed=2)
     photo = sorted(photo_dir.iterdir())[1]
