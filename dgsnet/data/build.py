@@ -4,8 +4,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from dgsnet.preprocess import PUBLISHED_PATCH_SEED
+
 from .augment import Augment
-from .captions import assign_captions, caption_table, report_missing
+from .captions import (CaptionIndex, CaptionsError, assign_captions, caption_table, check_template_fraction,
+                       report_captions)
 from .dataset import FolderDataset
 from .layouts import EXPECTED, LayoutError, find_samples, find_subsets
 from .perturb import Perturbation
@@ -16,7 +19,9 @@ log = logging.getLogger("dgsnet.data")
 def build_train_dataset(cfg, train: bool = True) -> FolderDataset:
     """The dataset of `cfg.data` (any supported layout): augmented when `train`, else deterministic.
 
-    `cfg` is a dgsnet.train.config.TrainConfig (data, captions, norm, *_prob, strict_data, seed).
+    `cfg` is a dgsnet.train.config.TrainConfig (data, captions, caption_max_template, norm, *_prob,
+    strict_data, seed). Captions: see dgsnet.data.captions; CaptionsError when a captions file is in
+    use and a caption is ambiguous or more than `caption_max_template` of the images get the template.
     """
     root = Path(cfg.data)
     samples = find_samples(root)
@@ -27,40 +32,55 @@ def build_train_dataset(cfg, train: bool = True) -> FolderDataset:
                 raise LayoutError(f"{root}: no images in any {folder}/ folder; training needs both "
                                   f"real and generated images ({EXPECTED})")
     table, file = caption_table(root, cfg.captions)
-    captions, missing = assign_captions(samples, root, table)
-    report_missing(missing, len(samples), root, file)
+    assigned = assign_captions(samples, root, CaptionIndex(table, file))
+    report_captions(assigned.missing, len(samples), root, file, assigned.exact, assigned.suffix)
+    check_template_fraction(assigned, len(samples), root, file, cfg.caption_max_template)
+    captions = assigned.captions
     augment = Augment.from_config(cfg) if train else None
     return FolderDataset(samples, captions, norm=cfg.norm, augment=augment, seed=cfg.seed,
-                         strict=cfg.strict_data, name=str(root))
+                         strict=cfg.strict_data, name=str(root), decode=getattr(cfg, "decode", "dgsnet"))
 
 
 def build_eval_subsets(root, norm: str = "imagenet", captions=None, perturb: Perturbation | None = None,
-                       strict: bool = False) -> list[tuple[str, FolderDataset]]:
+                       strict: bool = False, patch_order: str = "raster", patch_seed: int = PUBLISHED_PATCH_SEED,
+                       decode: str = "dgsnet") -> list[tuple[str, FolderDataset]]:
     """(subset name, dataset) per test generator under `root`, sorted by name; deterministic items.
 
     A root with 0_real/1_fake itself is one subset named after the folder;
     otherwise each child in the single-folder or ProGAN-style layout is a
-    subset. `perturb` degrades every image before patch selection.
-    Caption keys are relative to `root`; the fallback count is logged once.
+    subset. `perturb` degrades every image before patch selection; patch_order, patch_seed and
+    decode are FolderDataset's.
+    Captions are optional here (scoring does not use them): keys relative to `root`, absolute, or
+    matched by path suffix; ambiguous or missing ones get the template, counted in one log line.
     A subset folder without images is skipped with a warning (an error if it is the only one).
     """
     root = Path(root)
-    table, file = caption_table(root, captions)
-    subsets, missing, total = [], 0, 0
-    found = find_subsets(root)
+    try:
+        table, file = caption_table(root, captions)
+    except CaptionsError as exc:
+        if captions:  # a file named on the command line must be right
+            raise
+        log.warning("ignored the captions file found for %s: %s", root, exc)
+        table, file = {}, None
+    found, listed = find_subsets(root), []
     for name, folder in found:
         try:
-            samples = find_samples(folder)
+            listed.append((name, folder, find_samples(folder)))
         except LayoutError as exc:
             if len(found) == 1:
                 raise
             log.warning("skipped subset %s: %s", name, exc)  # one empty generator folder must not stop the rest
-            continue
-        texts, lacking = assign_captions(samples, root, table)
-        missing, total = missing + lacking, total + len(samples)
-        subsets.append((name, FolderDataset(samples, texts, norm=norm, perturb=perturb, strict=strict,
-                                            name=f"{root}/{name}" if folder != root.resolve() else str(root))))
-    if not subsets:
+    if not listed:
         raise LayoutError(f"{root}: every subset folder is empty; {EXPECTED}")
-    report_missing(missing, total, root, file)
+    # one assignment over all subsets: a key exactly matching an image of one subset is not
+    # handed to a look-alike of another by suffix, and look-alikes tie instead of guessing
+    assigned = assign_captions([s for _, _, samples in listed for s in samples], root,
+                               CaptionIndex(table, file), strict=False)
+    subsets, start = [], 0
+    for name, folder, samples in listed:
+        texts, start = assigned.captions[start:start + len(samples)], start + len(samples)
+        subsets.append((name, FolderDataset(samples, texts, norm=norm, perturb=perturb, strict=strict,
+                                            name=f"{root}/{name}" if folder != root.resolve() else str(root),
+                                            patch_order=patch_order, patch_seed=patch_seed, decode=decode)))
+    report_captions(assigned.missing, start, root, file, assigned.exact, assigned.suffix, len(assigned.ambiguous))
     return subsets
