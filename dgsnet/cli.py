@@ -34,12 +34,14 @@ def _cmd_train(args, stage: int) -> int:
 
 
 def _cmd_eval(args) -> int:
+    from dgsnet_export.cli import layout_options
+
     from dgsnet.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.ckpt, args.data, out_dir=args.out, head=args.head,
                                  perturbations=args.perturb, captions=args.captions,
                                  batch_size=args.batch_size, workers=args.workers, device=args.device,
-                                 strict=args.strict, plot=not args.no_plot)
+                                 strict=args.strict, plot=not args.no_plot, **layout_options(args))
     print(result.markdown)
     print("\n".join(f"{kind}: {path}" for kind, path in result.files.items()), file=sys.stderr)
     return 0
@@ -63,6 +65,9 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--strict", action="store_true", help="an unreadable image is an error, not a skip")
     p.add_argument("--no-plot", action="store_true", help="no PNG charts")
+    from dgsnet_export.cli import add_layout_arguments
+
+    add_layout_arguments(p)
     p.set_defaults(func=_cmd_eval)
 
 
@@ -91,10 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub, "train", 2,
                       "stage 2: DGS-Net LoRA fine-tuning with gradient surgery (needs --teacher)")
     _add_eval_parser(sub)
+    from dgsnet.convert_official import add_convert_parser
     from dgsnet.demo.run import add_demo_parser
     from dgsnet.export_cli import add_commands as add_export_commands
 
     add_demo_parser(sub)
+    add_convert_parser(sub)
     add_export_commands(sub)
     return parser
 
