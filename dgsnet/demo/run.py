@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 
 from dgsnet.demo.builder import NOTE, build_demo_dataset
 
-# method label -> (stage-2 surgery mode or None for the probe alone)
+# method label -> (stage-2 surgery mode or None for the probe alone); layer and both are
+# dgsnet's parameter-space extension, in neither the paper nor the published code
 METHODS = {
     "probe only": None,
     "plain LoRA": "none",
     "DGS-Net": "feature",
-    "DGS-Net layer": "layer",
-    "DGS-Net both": "both",
+    "layer (dgsnet extension)": "layer",
+    "both (dgsnet extension)": "both",
 }
 
 REAL_DATA_COMMANDS = """\

@@ -125,9 +125,11 @@ def dgs_objective(
         lam: weight of the prior-alignment loss.
         eps: added to ||relu(g_X)|| when normalising the harmful direction.
         mode: "none" (plain fine-tuning: L_img + L_text, no alignment, no
-            projection), "feature" (DGS-Net), "layer" (alignment, no feature
-            projection; the caller projects in parameter space with
-            `harmful`), "both" (feature projection and the caller's).
+            projection), "feature" (DGS-Net, as the paper and published code),
+            "layer" (alignment, no feature projection; the caller projects in
+            parameter space with `harmful`), "both" (feature projection and
+            the caller's). "layer" and "both" are dgsnet's extension, in
+            neither the paper nor the published code.
         variant: "published" projects the sum of task and alignment
             gradients; "paper" projects the task gradient then adds alignment.
         backend: reference (plain PyTorch, the specification), cpp, cuda or

@@ -1,4 +1,8 @@
-"""Per-layer gradient surgery in parameter space (DESIGN section 2).
+"""Per-layer gradient surgery in parameter space: dgsnet's EXTENSION of DGS-Net.
+
+Neither the paper nor the published code has it (they project the gradient
+of the features only: `--surgery feature`); `--surgery layer` and `both`
+are dgsnet's own, offered for experiments.
 
 For each LoRA tensor theta_l, u_l = d/d theta_l sum_i <f_i, h_hat_i> is the
 parameter image of the harmful feature direction; the step's gradient g_l
