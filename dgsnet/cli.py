@@ -25,7 +25,8 @@ def _cmd_train(args, stage: int) -> int:
 
     cfg = config_from_args(args)
     ctx = from_env()  # torchrun sets WORLD_SIZE/RANK; a plain run is one process
-    (train_teacher if stage == 1 else train_dgs)(cfg, resume=args.resume, ctx=ctx)
+    (train_teacher if stage == 1 else train_dgs)(cfg, resume=args.resume, ctx=ctx,
+                                                 allow_changes=args.allow_config_change)
     if ctx.enabled:
         import torch.distributed as dist
 
@@ -77,7 +78,10 @@ def _add_train_parser(sub, name: str, stage: int, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text)
     add_config_arguments(p)
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last checkpoint")
+                   help="continue the run in --out from its last checkpoint (with the run's own settings)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue even though settings that change the result (lr, batch "
+                        "size, data, backbone, LoRA, surgery, ...) differ from the run's; the change is logged")
     p.set_defaults(func=lambda a: _cmd_train(a, stage))
 
 

@@ -109,9 +109,11 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}")
-        for name in ("batch_size", "accum", "log_every", "ckpt_every", "layer_refresh"):
+        for name in ("batch_size", "accum", "log_every", "ckpt_every", "layer_refresh", "teacher_epochs", "epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 (or unset for whole epochs), got {self.max_steps}")
         if self.pretrained in ("", "none", "None"):
             self.pretrained = None
         if self.preset is not None and self.preset not in PRESETS:
@@ -159,6 +161,23 @@ class TrainConfig:
     def load(cls, path: str) -> TrainConfig:
         values = _read_yaml(path)
         return cls.with_preset(values.get("preset"), values, source=path)
+
+
+#: Settings that only say how a run executes, not what it computes: a resumed run may change them.
+RUNTIME_ONLY = frozenset({"out", "workers", "log_every", "ckpt_every", "tensorboard", "caption_cache", "device",
+                          "backend", "compile", "strict_data", "fsdp", "preset"})
+
+
+def result_changes(saved: dict, current: dict) -> dict[str, tuple]:
+    """{key: (saved, current)} for settings that change what a resumed run computes.
+
+    Keys the saved config lacks (a run from an older dgsnet) are not compared."""
+    return {k: (saved[k], current[k]) for k in sorted(set(saved) & set(current))
+            if k not in RUNTIME_ONLY and _normal(saved[k]) != _normal(current[k])}
+
+
+def _normal(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _read_yaml(path: str) -> dict:

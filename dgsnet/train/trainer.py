@@ -23,7 +23,7 @@ from dgsnet.device import resolve_device
 from dgsnet.models import CaptionFeatureCache, DGSNetModel
 from dgsnet.surgery import dgs_objective
 from dgsnet.train import checkpoint as ckpt
-from dgsnet.train.config import TrainConfig
+from dgsnet.train.config import TrainConfig, result_changes
 from dgsnet.train.distributed import (DistContext, TrainableBranch, gather_full, gather_optimizer_state,
                                       is_sharded, no_sync, objective_scaling, shard_encoder, shard_like,
                                       shard_optimizer_state, wrap)
@@ -128,7 +128,9 @@ class StageTrainer:
         self.lam, self.eps = objective_scaling(cfg.lam, cfg.eps, self.world)
 
     # -- resume -----------------------------------------------------------------------------
-    def resume(self) -> bool:
+    def resume(self, allow_changes: bool = False) -> bool:
+        """Continues from the run's resume state. Settings that change the result must match the
+        run's unless `allow_changes`, and then the changes are logged and take effect."""
         path = ckpt.find_resume(self.run_dir)
         if path is None:
             return False
@@ -136,6 +138,12 @@ class StageTrainer:
         if state["stage"] != self.stage:
             raise ValueError(f"{path} holds a stage-{state['stage']} run, not stage {self.stage}; "
                              "resume it with the matching command or pick another --out")
+        changes = result_changes(meta.get("config", {}), self.cfg.to_dict())
+        if changes and not allow_changes:
+            said = ", ".join(f"{k}: run {a!r}, now {b!r}" for k, (a, b) in changes.items())
+            raise ValueError(f"--resume of {self.run_dir} with settings that change the result ({said}); "
+                             "resume with the run's own settings (its config.yaml), or pass "
+                             "--allow-config-change to continue with the new ones (the change is logged)")
         ckpt.check_backbone(meta, self.model, path)
         if self.sharded:  # checkpoints hold full tensors: lay each out like its sharded parameter
             named = {self.model._full_name(k): v for k, v in self.model.named_parameters()}
@@ -145,6 +153,12 @@ class StageTrainer:
         self.optimizer.load_state_dict(opt_state)
         if state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        if changes:
+            self._apply_optimizer_settings()
+            self.log.info(f"--allow-config-change: continuing {self.run_dir} with changed settings: "
+                          + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+            self.log.record("config_change", step=state["position"]["step"],
+                            changes={k: {"run": a, "now": b} for k, (a, b) in changes.items()})
         ckpt.restore_rng(state["rng"], self.rank)
         if self.layer is not None and extra:
             self.layer.directions = [extra[f"layer_u.{i}"].to(self.device) for i in range(len(extra))]
@@ -153,6 +167,15 @@ class StageTrainer:
         self.log.info(f"resumed stage {self.stage} from {path}: step {self.step}, epoch {self.epoch}, "
                       f"batch {self.batch_in_epoch}")
         return True
+
+    def _apply_optimizer_settings(self) -> None:
+        """A loaded optimizer state carries the old lr/betas/weight decay: put the current ones in."""
+        lr = self.cfg.teacher_lr if self.stage == 1 else self.cfg.lr
+        self.scheduler.base_lrs = [lr] * len(self.optimizer.param_groups)
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        for group in self.optimizer.param_groups:
+            group.update(lr=lr * factor, initial_lr=lr, betas=tuple(self.cfg.betas),
+                         weight_decay=self.cfg.weight_decay)
 
     def full_trained_state(self) -> dict[str, torch.Tensor] | None:
         """The model's checkpoint tensors, gathered when sharded (a collective: every rank calls it)."""
@@ -316,6 +339,10 @@ class StageTrainer:
                 if not done:
                     self._save_resume()
         bar.close()
+        if self.step == 0:
+            raise RuntimeError(f"stage {self.stage} ran no training step: every batch of {len(self.dataset)} "
+                               "images was unreadable (see the skipped-image warnings); fix or remove those "
+                               "files. Nothing was written as finished.")
         if self.caption_cache is not None and self.rank == 0:
             self.caption_cache.save()
 
@@ -388,14 +415,13 @@ def _prepare_run_dir(cfg: TrainConfig, resume: bool) -> None:
 
 
 def _run_stage(cfg: TrainConfig, stage: int, dataset: Dataset | None, resume: bool,
-               ctx: DistContext | None) -> DGSNetModel:
+               ctx: DistContext | None, allow_changes: bool = False) -> DGSNetModel:
     """Builds the model, trains one stage (resuming if asked) and writes <out>/model.* on rank 0."""
     ctx = ctx or DistContext()
     if resume and _finished(cfg):
         return _load_finished(cfg, stage)
     if ctx.is_main:
         _prepare_run_dir(cfg, resume)
-        cfg.save(os.path.join(cfg.out, "config.yaml"))
     ctx.barrier()
     torch.manual_seed(cfg.seed)
     model = DGSNetModel(cfg.backbone(), cfg.lora())
@@ -403,8 +429,10 @@ def _run_stage(cfg: TrainConfig, stage: int, dataset: Dataset | None, resume: bo
         load_teacher_head(model, cfg.teacher)
     dataset = dataset if dataset is not None else build_dataset(cfg)
     trainer = StageTrainer(cfg, stage, model, dataset, ctx)
-    if resume and not trainer.resume():
+    if resume and not trainer.resume(allow_changes):
         trainer.log.info(f"--resume: no checkpoint in {cfg.out}; starting from the beginning")
+    if ctx.is_main:  # after the resume checks: config.yaml says what this run computes with
+        cfg.save(os.path.join(cfg.out, "config.yaml"))
     trainer.fit()
     state = trainer.full_trained_state()  # a collective when sharded: before the rank-0 branch
     if ctx.is_main:
@@ -418,9 +446,9 @@ def _run_stage(cfg: TrainConfig, stage: int, dataset: Dataset | None, resume: bo
 
 
 def train_teacher(cfg: TrainConfig, dataset: Dataset | None = None, resume: bool = False,
-                  ctx: DistContext | None = None) -> DGSNetModel:
+                  ctx: DistContext | None = None, allow_changes: bool = False) -> DGSNetModel:
     """Stage 1: the teacher probe. Writes <out>/model.safetensors + model.json."""
-    return _run_stage(cfg, 1, dataset, resume, ctx)
+    return _run_stage(cfg, 1, dataset, resume, ctx, allow_changes)
 
 
 def load_teacher_head(model: DGSNetModel, teacher_dir: str) -> dict:
@@ -435,9 +463,9 @@ def load_teacher_head(model: DGSNetModel, teacher_dir: str) -> dict:
 
 
 def train_dgs(cfg: TrainConfig, dataset: Dataset | None = None, resume: bool = False,
-              ctx: DistContext | None = None) -> DGSNetModel:
+              ctx: DistContext | None = None, allow_changes: bool = False) -> DGSNetModel:
     """Stage 2: DGS-Net fine-tuning. Writes <out>/model.safetensors + model.json."""
     if not cfg.teacher:
         raise ValueError("stage 2 needs the stage-1 teacher: pass --teacher RUN_DIR "
                          "(the --out of `dgsnet train-teacher`)")
-    return _run_stage(cfg, 2, dataset, resume, ctx)
+    return _run_stage(cfg, 2, dataset, resume, ctx, allow_changes)

@@ -11,7 +11,7 @@ from dgsnet.train import checkpoint as ckpt
 
 import sys
 sys.path.insert(0, os.path.dirname(__file__))
-from toy_data import ToyDataset  # noqa: E402
+from toy_data import DiesAfter, Interrupt, ToyDataset  # noqa: E402
 
 BASE = dict(model="dgs-tiny", pretrained=None, batch_size=8, workers=0, lr=2e-3, teacher_lr=2e-2,
             log_every=1, ckpt_every=2, lora_dropout=0.5)
@@ -61,27 +61,6 @@ def test_stage2_reduces_the_task_loss_and_records_every_term(tmp_path, data, tea
     torch.testing.assert_close(final["teacher_head.weight"], teacher["teacher_head.weight"], rtol=0, atol=0)
     assert (final["student_head.weight"] - teacher["student_head.weight"]).abs().max() > 0
     assert os.path.isfile(os.path.join(out, "config.yaml"))
-
-
-class Interrupt(Exception):
-    pass
-
-
-class DiesAfter(torch.utils.data.Dataset):
-    """Raises on the n-th item fetched: a run killed half-way."""
-
-    def __init__(self, inner, n):
-        self.inner, self.n, self.fetched = inner, n, 0
-        self.captions = inner.captions
-
-    def __len__(self):
-        return len(self.inner)
-
-    def __getitem__(self, i):
-        self.fetched += 1
-        if self.fetched > self.n:
-            raise Interrupt()
-        return self.inner[i]
 
 
 @pytest.mark.parametrize("accum", [1, 2])

@@ -23,3 +23,37 @@ class ToyDataset(Dataset):
 
     def __getitem__(self, i):
         return self.images[i], self.labels[i], self.captions[i], f"toy/{i:03d}.png"
+
+
+class Interrupt(Exception):
+    pass
+
+
+class DiesAfter(Dataset):
+    """Raises on the n-th item fetched: a run killed half-way."""
+
+    def __init__(self, inner, n):
+        self.inner, self.n, self.fetched = inner, n, 0
+        self.captions = inner.captions
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        self.fetched += 1
+        if self.fetched > self.n:
+            raise Interrupt()
+        return self.inner[i]
+
+
+class Unreadable(Dataset):
+    """Every item unreadable: what FolderDataset yields (None) for files that cannot be decoded."""
+
+    def __init__(self, size=16):
+        self.size = size
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, i):
+        return None
