@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import math
 import os
 import re
 import typing
@@ -112,6 +113,14 @@ class TrainConfig:
         for name in ("batch_size", "accum", "log_every", "ckpt_every", "layer_refresh", "teacher_epochs", "epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "teacher_lr", "eps", "layer_eps"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        for name in ("lam", "weight_decay"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {self.betas}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 (or unset for whole epochs), got {self.max_steps}")
         if self.pretrained in ("", "none", "None"):
@@ -141,11 +150,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
         if unknown:
             raise ValueError(f"{source}: unknown keys {unknown}; valid keys are the `dgsnet train --help` flags")
-        return cls(**values)
+        typed = {k: _typed(known[k], v, source) for k, v in values.items()}
+        try:
+            return cls(**typed)
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
 
     @classmethod
     def with_preset(cls, preset: str | None, values: dict | None = None, source: str = "config") -> TrainConfig:
@@ -180,18 +193,83 @@ def _normal(value):
     return list(value) if isinstance(value, tuple) else value
 
 
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _typed(f: dataclasses.Field, value, source: str):
+    """`value` as the field's type, or a ValueError naming the key and the file.
+
+    YAML 1.1 reads `1e-4` as a string: numbers in that form are taken as floats. Booleans must be
+    booleans (YAML's "no" is one; the string "no" is not), and a bool is never a number."""
+    hint = typing.get_type_hints(TrainConfig)[f.name]
+    optional = type(None) in typing.get_args(hint)
+    kind = _field_type(f)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{source}: {f.name} needs a value ({kind.__name__ if isinstance(kind, type) else kind})")
+
+    def bad(what: str):
+        return ValueError(f"{source}: {f.name}: {value!r} is not {what}")
+
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise bad("a boolean (true or false)")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if kind is float:
+        return _typed_scalar(float, value, f.name, source, "")
+    if typing.get_origin(kind) is list:
+        inner = typing.get_args(kind)[0]
+        if not isinstance(value, (list, tuple)):
+            raise bad(f"a list of {inner.__name__} (e.g. [{', '.join(['...'] * 2)}])")
+        return [_typed_scalar(inner, v, f.name, source, "element ") for v in value]
+    if kind is str and not isinstance(value, str):
+        if f.name in ("lora_blocks", "pretrained") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad("a string")
+    return value
+
+
+def _typed_scalar(kind, value, name: str, source: str, what: str):
+    if kind is float:
+        if isinstance(value, str) and _FLOAT.match(value.strip()):
+            return float(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str and isinstance(value, str):
+        return value
+    elif kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    noun = {"float": "number", "int": "integer", "str": "string"}[kind.__name__]
+    raise ValueError(f"{source}: {name}: {what}{value!r} is not a {noun}")
+
+
 def _read_yaml(path: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {path} does not exist")
-    with open(path) as fh:
-        values = yaml.safe_load(fh) or {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            values = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        first = str(exc).strip().splitlines()
+        raise ValueError(f"{path}: not valid YAML ({' '.join(first[:3])}); a config file is a mapping of "
+                         "keys to values, e.g. `lr: 1.0e-4`") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text; a config file is a YAML mapping") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a config file must be a YAML mapping of keys to values")
     return values
 
 
 def _field_type(f: dataclasses.Field):
+    """The field's type without Optional: int, float, str, bool or list[...]."""
     hint = typing.get_type_hints(TrainConfig)[f.name]
+    if typing.get_origin(hint) is list:
+        return hint
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     return args[0] if args else hint
 
