@@ -72,8 +72,13 @@ def model_config(spec: BackboneSpec) -> dict:
     if is_config_file(spec.model):
         if not os.path.isfile(spec.model):
             raise FileNotFoundError(f"model config file {spec.model} does not exist")
-        with open(spec.model, encoding="utf-8") as fh:
-            cfg = json.load(fh)
+        try:
+            with open(spec.model, encoding="utf-8") as fh:
+                cfg = json.load(fh)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{spec.model}: not a valid JSON model config ({exc})") from None
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{spec.model}: a model config is a JSON object, got a {type(cfg).__name__}")
         missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in cfg]
         if missing:
             raise ValueError(f"{spec.model}: an open_clip model config needs {missing}; "
@@ -146,7 +151,11 @@ def read_weights(path: str) -> dict[str, torch.Tensor]:
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        return load_file(path)
+        try:
+            return load_file(path)
+        except Exception as exc:  # noqa: BLE001 - safetensors' own error types
+            raise ValueError(f"{path}: not a readable safetensors file ({str(exc).strip()[:200]}); "
+                             "the weights file is damaged or truncated") from None
     if is_torchscript_archive(path):
         state = torch.jit.load(path, map_location="cpu").state_dict()
         for key in ("input_resolution", "context_length", "vocab_size"):

@@ -58,19 +58,63 @@ def read_metadata(directory: str) -> dict:
         hint = " (this looks like a run that has not finished; use --resume)" if os.path.isdir(
             os.path.join(directory, RESUME_DIR)) else ""
         raise FileNotFoundError(f"{path} not found: {directory} is not a dgsnet checkpoint directory{hint}")
-    with open(path) as fh:
-        meta = json.load(fh)
+    meta = read_json(path, "the metadata of a dgsnet checkpoint")
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}; "
                          "re-export it with this dgsnet version")
+    _check_schema(meta, path)
     return meta
+
+
+# key -> the types a finished model.json must hold there (nested keys as "a.b")
+_SCHEMA = {"stage": (int,), "step": (int,), "backbone": (dict,), "backbone.model": (str,),
+           "backbone.pretrained": (str, type(None)), "backbone.init_seed": (int,), "lora": (dict,),
+           "lora.rank": (int,), "config": (dict,)}
+
+
+def _check_schema(meta: dict, path: str) -> None:
+    for key, types in _SCHEMA.items():
+        value, where = meta, key.split(".")
+        for part in where:
+            value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
+        if value is _MISSING or isinstance(value, bool) or not isinstance(value, types):
+            got = "missing" if value is _MISSING else f"{type(value).__name__} {value!r:.40}"
+            raise ValueError(f"{path}: {key} is {got}, expected {' or '.join(t.__name__ for t in types)}; "
+                             "the file is damaged or not from dgsnet (re-train or re-convert the run)")
+    if meta["stage"] not in (1, 2):
+        raise ValueError(f"{path}: stage {meta['stage']} is not 1 or 2; the file is damaged")
+
+
+_MISSING = object()
+
+
+def read_json(path: str, what: str) -> dict:
+    """A JSON object from `path`, or one ValueError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); expected {what}; the file is damaged") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: holds a JSON {type(data).__name__}, expected {what} (an object)")
+    return data
+
+
+def read_tensors(path: str) -> dict[str, torch.Tensor]:
+    """A safetensors file, or one ValueError naming it (truncated, empty, a forged header)."""
+    try:
+        return load_file(path)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for bad headers
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: not a readable safetensors file ({first}); the file is damaged or "
+                         "truncated: restore it, or re-train / re-convert the run") from None
 
 
 def read_model_tensors(directory: str) -> dict[str, torch.Tensor]:
     path = os.path.join(directory, MODEL_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found next to {META_FILE}; the checkpoint is incomplete")
-    return load_file(path)
+    return read_tensors(path)
 
 
 def check_backbone(meta: dict, model, source: str) -> None:
@@ -163,9 +207,12 @@ def remove_resume(run_dir: str) -> None:
 def read_resume(path: str) -> tuple[dict, dict[str, torch.Tensor], dict, dict, dict[str, torch.Tensor]]:
     """(metadata, model tensors, optimizer state dict, training state, extra tensors) of a resume dir."""
     meta = read_metadata(path)
-    with open(os.path.join(path, "state.json")) as fh:
-        state = json.load(fh)
-    blob = load_file(os.path.join(path, "optimizer.safetensors"))
+    state = read_json(os.path.join(path, "state.json"), "the training state of a resume checkpoint")
+    for key in ("stage", "position", "optimizer", "scheduler"):
+        if key not in state:
+            raise ValueError(f"{os.path.join(path, 'state.json')}: no {key!r}; the resume state is damaged: "
+                             "delete the resume/ folder to start over, or restore it")
+    blob = read_tensors(os.path.join(path, "optimizer.safetensors"))
     rng = {k[4:]: v for k, v in blob.items() if k.startswith("rng.")}
     extra = {k[6:]: v for k, v in blob.items() if k.startswith("extra.")}
     opt = _unflatten_optimizer({k: v for k, v in blob.items() if not k.startswith(("rng.", "extra."))},

@@ -1,0 +1,104 @@
+"""Damaged or forged checkpoint files: every command stops with one line naming the file."""
+import hashlib
+import json
+import os
+import struct
+
+import pytest
+from PIL import Image
+
+from dgsnet.cli import main
+from dgsnet.models import BackboneSpec, DGSNetModel, LoRAConfig
+from dgsnet.train import checkpoint as ckpt
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("good")
+    run = root / "run"
+    ckpt.write_model(str(run), DGSNetModel(BackboneSpec("dgs-tiny", None), LoRAConfig()), stage=2,
+                     config={"norm": "imagenet"}, step=3)
+    images = root / "test" / "gan"
+    for label in ("0_real", "1_fake"):
+        (images / label).mkdir(parents=True)
+        Image.new("RGB", (64, 64), (10, 200, 30)).save(images / label / "a.png")
+    return run, root / "test"
+
+
+def _meta_text(run):
+    return (run / ckpt.META_FILE).read_text()
+
+
+def _damage(run, case):
+    meta = json.loads(_meta_text(run))
+    model = run / ckpt.MODEL_FILE
+    if case == "meta_not_json":
+        (run / ckpt.META_FILE).write_text("{ not json")
+    elif case == "meta_list":
+        (run / ckpt.META_FILE).write_text("[1, 2]")
+    elif case == "backbone_string":
+        meta["backbone"] = "dgs-tiny"
+        (run / ckpt.META_FILE).write_text(json.dumps(meta))
+    elif case == "stage_missing":
+        del meta["stage"]
+        (run / ckpt.META_FILE).write_text(json.dumps(meta))
+    elif case == "tensors_truncated":
+        model.write_bytes(model.read_bytes()[:100])
+    elif case == "tensors_empty":
+        model.write_bytes(b"")
+    elif case == "tensors_huge_header":
+        model.write_bytes(struct.pack("<Q", 2 ** 60) + b"{}")
+    elif case == "tensors_missing":
+        model.unlink()
+    return {"meta_not_json": ckpt.META_FILE, "meta_list": ckpt.META_FILE, "backbone_string": ckpt.META_FILE,
+            "stage_missing": ckpt.META_FILE}.get(case, ckpt.MODEL_FILE)
+
+
+CASES = ["meta_not_json", "meta_list", "backbone_string", "stage_missing", "tensors_truncated", "tensors_empty",
+         "tensors_huge_header", "tensors_missing"]
+
+
+def _digest(folder):
+    return {p: hashlib.sha256(open(os.path.join(folder, p), "rb").read()).hexdigest()
+            for p in sorted(os.listdir(folder)) if os.path.isfile(os.path.join(folder, p))}
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "export"])
+@pytest.mark.parametrize("case", CASES)
+def test_damaged_checkpoint_gives_one_line_naming_the_file(good_run, tmp_path, capsys, case, command):
+    import shutil
+
+    src, test_root = good_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    bad_file = _damage(run, case)
+    before = _digest(run)
+    argv = {"eval": ["eval", "--ckpt", str(run), "--data", str(test_root), "--out", str(tmp_path / "rep"),
+                     "--workers", "0"],
+            "predict": ["predict", "--ckpt", str(run), str(test_root), "--out", str(tmp_path / "p.jsonl")],
+            "export": ["export", "--ckpt", str(run), "--out", str(tmp_path / "d.onnx")]}[command]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and len([l for l in err.splitlines() if "error" in l]) == 1, err
+    assert bad_file in err, err
+    assert _digest(run) == before  # nothing in the run was changed
+    assert not (tmp_path / "p.jsonl").exists() and not (tmp_path / "d.onnx").exists()
+
+
+def test_damaged_resume_state_is_named(tmp_path, capsys):
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from toy_data import DiesAfter, Interrupt, ToyDataset
+
+    from dgsnet.train import TrainConfig, train_teacher
+
+    base = dict(model="dgs-tiny", pretrained=None, batch_size=4, workers=0, ckpt_every=1, teacher_epochs=1)
+    out = str(tmp_path / "run")
+    with pytest.raises(Interrupt):
+        train_teacher(TrainConfig(**base, out=out), DiesAfter(ToyDataset(16), 4 * 2 + 1))
+    state = os.path.join(out, "resume", "state.json")
+    open(state, "w").write("[]")
+    with pytest.raises(ValueError, match="state.json"):
+        train_teacher(TrainConfig(**base, out=out), ToyDataset(16), resume=True)
