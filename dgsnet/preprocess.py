@@ -228,6 +228,20 @@ def _refined(maybe: np.ndarray, certain: np.ndarray, count: int, exact: dict, lo
     return np.concatenate([certain, pick])
 
 
+#: Patches re-scored exactly per batch: bounds memory when many entropies tie (a flat image
+#: of 100 MP has ~100K equal ones) to ~100 MB of float64/complex FFT work.
+_EXACT_CHUNK = 4096
+
+
+def _exact_entropies(prepared: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Exact float64 entropies of the patches at `indices`, computed in bounded batches."""
+    out = np.empty(indices.size, dtype=np.float64)
+    for start in range(0, indices.size, _EXACT_CHUNK):
+        part = indices[start:start + _EXACT_CHUNK]
+        out[start:start + part.size] = spectral_entropy(gather_patches(prepared, part))
+    return out
+
+
 def _select_prepared(prepared: np.ndarray) -> np.ndarray:
     """Rank by the fast entropies; re-score exactly only where that could change the selection.
 
@@ -251,7 +265,7 @@ def _select_prepared(prepared: np.ndarray) -> np.ndarray:
     high_certain = np.flatnonzero(fast > hi_d + tol)
     high_maybe = np.flatnonzero((fast >= hi_c - tol) & (fast <= hi_d + tol))
     maybe = np.union1d(low_maybe, high_maybe)
-    exact = dict(zip(maybe.tolist(), spectral_entropy(gather_patches(prepared, maybe)).tolist())) if maybe.size else {}
+    exact = dict(zip(maybe.tolist(), _exact_entropies(prepared, maybe).tolist()))
     low = _refined(low_maybe, low_certain, N_LOW, exact, lowest=True)
     high = _refined(high_maybe, high_certain, N_HIGH, exact, lowest=False)
     return np.sort(np.concatenate([low, high]))

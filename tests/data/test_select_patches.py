@@ -130,3 +130,13 @@ def test_mirror_padded_small_images_many_sizes():
         h, w = (int(v) for v in rng.integers(1, 224, 2))
         image = textured(rng, h, w) if rng.random() < 0.5 else rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         np.testing.assert_array_equal(select_patches(image), oracle(image), err_msg=f"{h}x{w}")
+
+
+def test_all_tied_entropies_are_rescored_in_bounded_batches(monkeypatch):
+    """A flat image ties every entropy: all patches are re-scored exactly, in chunks, same result."""
+    from dgsnet import preprocess
+
+    monkeypatch.setattr(preprocess, "_EXACT_CHUNK", 7)
+    flat = np.full((610, 700, 3), 128, dtype=np.uint8)
+    flat[300:340, 100:180] = 20  # a few distinct patches among the ties
+    np.testing.assert_array_equal(preprocess.select_patches(flat), preprocess.select_patches_loop(flat))
