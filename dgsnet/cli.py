@@ -42,7 +42,8 @@ def _cmd_eval(args) -> int:
     result = evaluate_checkpoint(args.ckpt, args.data, out_dir=args.out, head=args.head,
                                  perturbations=args.perturb, captions=args.captions,
                                  batch_size=args.batch_size, workers=args.workers, device=args.device,
-                                 strict=args.strict, plot=not args.no_plot, **layout_options(args))
+                                 strict=args.strict, plot=not args.no_plot, pretrained=args.pretrained,
+                                 **layout_options(args))
     print(result.markdown)
     print("\n".join(f"{kind}: {path}" for kind, path in result.files.items()), file=sys.stderr)
     return 0
@@ -65,6 +66,9 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--strict", action="store_true", help="an unreadable image is an error, not a skip")
+    p.add_argument("--pretrained", default=None,
+                   help="confirm the backbone weights file the run names when it lies outside the run "
+                        "directory (a checkpoint's paths are not followed on their own)")
     p.add_argument("--no-plot", action="store_true", help="no PNG charts")
     from dgsnet_export.cli import add_layout_arguments
 

@@ -101,7 +101,8 @@ def evaluate_checkpoint(run_dir: str, data_root: str, *, out_dir: str | None = N
                         perturbations: str | list | None = None, captions: str | None = None,
                         batch_size: int = 64, workers: int = 2, device: str = "auto",
                         strict: bool = False, plot: bool = True, patch_order: str = "raster",
-                        patch_seed: int = 100, decode: str = "dgsnet") -> EvalResult:
+                        patch_seed: int = 100, decode: str = "dgsnet",
+                        pretrained: str | None = None) -> EvalResult:
     """`dgsnet eval`: a run directory's detector on `data_root`; writes eval.{csv,json,png} to `out_dir`."""
     from dgsnet.device import resolve_device
     from dgsnet.predict import load_detector
@@ -110,7 +111,7 @@ def evaluate_checkpoint(run_dir: str, data_root: str, *, out_dir: str | None = N
     if not os.path.isdir(data_root):
         raise FileNotFoundError(f"--data {data_root}: no such folder")
     device = resolve_device(device)
-    detector, meta, head = load_detector(run_dir, head, device)
+    detector, meta, head = load_detector(run_dir, head, device, pretrained)
     result = evaluate_detector(detector, data_root, norm=meta.get("norm", "imagenet"),
                                perturbations=perturbations, captions=captions, batch_size=batch_size,
                                workers=workers, device=device, strict=strict, patch_order=patch_order,

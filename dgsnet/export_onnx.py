@@ -537,12 +537,13 @@ def checkpoint_metadata(meta: dict, run_dir, head: str, threshold: float = 0.5) 
 
 
 def export_checkpoint(run_dir, out_path, *, head: str = "auto", threshold: float = 0.5,
-                      **export_kwargs) -> ExportReport:
+                      pretrained: str | None = None, **export_kwargs) -> ExportReport:
     """Loads a finished run directory (dgsnet.train.checkpoint) and exports its detector:
-    the student encoder with LoRA merged + student head (or the teacher probe of a stage-1 run)."""
+    the student encoder with LoRA merged + student head (or the teacher probe of a stage-1 run).
+    `pretrained` confirms a backbone weights file the run names outside its directory."""
     from dgsnet.predict import load_detector
 
-    detector, meta, head = load_detector(str(run_dir), head)
+    detector, meta, head = load_detector(str(run_dir), head, pretrained=pretrained)
     return export_detector(detector, out_path, metadata=checkpoint_metadata(meta, run_dir, head, threshold),
                            **export_kwargs)
 

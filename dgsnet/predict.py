@@ -30,11 +30,12 @@ def choose_head(meta: dict, head: str = "auto") -> str:
     return "teacher" if meta.get("stage") == 1 else "student"
 
 
-def load_detector(run_dir: str, head: str = "auto", device="cpu"):
-    """(Detector in eval mode with LoRA merged, checkpoint metadata, head used) of a run directory."""
+def load_detector(run_dir: str, head: str = "auto", device="cpu", pretrained: str | None = None):
+    """(Detector in eval mode with LoRA merged, checkpoint metadata, head used) of a run directory.
+    `pretrained`: the user's confirmation of a backbone weights file outside the run directory."""
     from dgsnet.train.checkpoint import load_model
 
-    model, meta = load_model(run_dir)
+    model, meta = load_model(run_dir, trusted_weights=pretrained)
     head = choose_head(meta, head)
     detector = model.detector() if head == "student" else model.teacher_detector()
     return detector.to(device).eval(), meta, head
@@ -44,11 +45,11 @@ class TorchPredictor:
     """A checkpoint's detector with its preprocessing, scoring numpy batches through torch."""
 
     def __init__(self, run_dir: str, head: str = "auto", device: str = "auto", *, patch_order: str = "raster",
-                 patch_seed: int = 100, decode: str = "dgsnet"):
+                 patch_seed: int = 100, decode: str = "dgsnet", pretrained: str | None = None):
         from dgsnet.preprocess import Preprocess
 
         self.device = resolve_device(device)
-        self.detector, self.meta, self.head = load_detector(run_dir, head, self.device)
+        self.detector, self.meta, self.head = load_detector(run_dir, head, self.device, pretrained)
         self.preprocess = Preprocess(norm=self.meta.get("norm", "imagenet"), patch_order=patch_order,
                                      patch_seed=patch_seed, decode=decode)
 

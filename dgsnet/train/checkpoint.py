@@ -247,21 +247,39 @@ def _in_run(run_dir: str, value: str | None) -> str | None:
     return value
 
 
-def backbone_spec(meta: dict, run_dir: str):
-    """The BackboneSpec a checkpoint was trained with (files older than `activation` mean `config`)."""
+def backbone_spec(meta: dict, run_dir: str, trusted_weights: str | None = None):
+    """The BackboneSpec a checkpoint was trained with (files older than `activation` mean `config`).
+
+    A checkpoint's paths are data, not instructions: a weights file it names is used only inside
+    its run directory (converted runs), or when the user names the same file (`trusted_weights`,
+    the --pretrained flag of eval / predict / export). open_clip tags are used as they are."""
     from dgsnet.models import BackboneSpec
+    from dgsnet.models.backbone import is_weights_file
 
     bb = meta["backbone"]
-    return BackboneSpec(model=_in_run(run_dir, bb["model"]), pretrained=_in_run(run_dir, bb["pretrained"]),
+    pretrained = _in_run(run_dir, bb["pretrained"])
+    if is_weights_file(pretrained) and not _inside(run_dir, pretrained):
+        if trusted_weights is None or not os.path.exists(trusted_weights) or \
+                os.path.realpath(trusted_weights) != os.path.realpath(pretrained):
+            raise ValueError(f"{os.path.join(run_dir, META_FILE)} names the backbone weights file {pretrained}, "
+                             "outside the run directory; a checkpoint's paths are not followed on their own: "
+                             f"pass --pretrained {pretrained} to confirm that file")
+    return BackboneSpec(model=_in_run(run_dir, bb["model"]), pretrained=pretrained,
                         init_seed=bb["init_seed"], activation=bb.get("activation", "config"))
 
 
-def load_model(run_dir: str, device: str | torch.device = "cpu"):
-    """(DGSNetModel, metadata) of a finished run directory, checked against its recorded backbone."""
+def _inside(folder: str, path: str) -> bool:
+    folder, path = os.path.realpath(folder), os.path.realpath(path)
+    return os.path.commonpath([folder, path]) == folder
+
+
+def load_model(run_dir: str, device: str | torch.device = "cpu", trusted_weights: str | None = None):
+    """(DGSNetModel, metadata) of a finished run directory, checked against its recorded backbone.
+    `trusted_weights`: the user's confirmation of a weights file outside the run (see backbone_spec)."""
     from dgsnet.models import DGSNetModel, LoRAConfig
 
     meta = read_metadata(run_dir)
-    spec = backbone_spec(meta, run_dir)
+    spec = backbone_spec(meta, run_dir, trusted_weights)
     meta["backbone"] = {**meta["backbone"], "model": spec.model, "pretrained": spec.pretrained}
     model = DGSNetModel(spec, LoRAConfig.from_metadata(meta["lora"]))
     check_backbone(meta, model, run_dir)
