@@ -44,7 +44,28 @@ def _check_run_dir(run_dir: str) -> None:
                                 "`dgsnet train` (or `dgsnet train-teacher`)")
 
 
+def _run_dir_input(run_dir: str) -> tuple[str, str]:
+    return run_dir, "the run directory (--ckpt)"
+
+
 # ---------------------------------------------------------------- export
+
+def _export_outputs(args, out: Path) -> list[tuple[Path, str]]:
+    """Every file `dgsnet export` writes, named as in the error messages."""
+    files = [(out, "--out"), (out.with_suffix(".export.json"), "the export record"),
+             (out.with_name(out.name + ".data"), "the external weights file")]  # models over 2 GB
+    if args.tensorrt:
+        files += [(out.with_suffix(".trtexec.sh"), "the trtexec script"),
+                  (out.with_suffix(".engine"), "the TensorRT engine")]
+    return files
+
+
+def _check_export_outputs(args, out: Path) -> None:
+    from dgsnet_export.outputs import check_output
+
+    for path, what in _export_outputs(args, out):
+        check_output(path, [_run_dir_input(args.ckpt)], what)
+
 
 def cmd_export(args) -> int:
     from dgsnet.export_onnx import (build_tensorrt_engine, check_profile, export_checkpoint,
@@ -53,12 +74,13 @@ def cmd_export(args) -> int:
 
     _check_run_dir(args.ckpt)
     out = Path(args.out)
+    _check_export_outputs(args, out)  # before the checkpoint is loaded
     if out.suffix != ".onnx":
         raise ValueError(f"--out {out}: name the file *.onnx")
     check_profile(args.min_batch, args.opt_batch, args.max_batch)  # before the slow export
-    report = export_checkpoint(args.ckpt, out, head=args.head, threshold=args.threshold, opset=args.opset,
-                               fp16=args.fp16, with_preprocessing=args.with_preprocessing,
-                               exporter=args.exporter, atol=args.atol)
+    report = export_checkpoint(args.ckpt, out, head=args.head, threshold=args.threshold,
+                               pretrained=args.pretrained, opset=args.opset, fp16=args.fp16,
+                               with_preprocessing=args.with_preprocessing, exporter=args.exporter, atol=args.atol)
     record = {**report.to_dict(), "checkpoint": args.ckpt}
     for note in report.warnings:
         print(f"dgsnet export: note: {note}", file=sys.stderr)
@@ -107,6 +129,9 @@ def add_export_parser(sub) -> None:
     p.add_argument("--min-batch", type=_positive, default=1, help="TensorRT profile (default 1)")
     p.add_argument("--opt-batch", type=_positive, default=16, help="TensorRT profile (default 16)")
     p.add_argument("--max-batch", type=_positive, default=64, help="TensorRT profile (default 64)")
+    p.add_argument("--pretrained", default=None,
+                   help="confirm the backbone weights file the run names when it lies outside the run "
+                        "directory (a checkpoint's paths are not followed on their own)")
     p.add_argument("--head", default="auto", choices=["auto", "student", "teacher"],
                    help="auto: student for a stage-2 run, the teacher probe for a stage-1 run")
     p.add_argument("--threshold", type=_probability, default=0.5,
@@ -128,12 +153,17 @@ def cmd_predict(args) -> int:
     from dgsnet.predict import TorchPredictor
 
     _check_run_dir(args.ckpt)
+    if args.out:  # before the checkpoint is loaded
+        from dgsnet_export.outputs import check_output
+
+        check_output(args.out, [_run_dir_input(args.ckpt), *args.inputs], "--out")
     found = collect_inputs(args.inputs)
     if not found.paths:
         raise FileNotFoundError(f"no image files in {' '.join(args.inputs)}")
     from dgsnet_export.cli import layout_options
 
-    predictor = TorchPredictor(args.ckpt, head=args.head, device=args.device, **layout_options(args))
+    predictor = TorchPredictor(args.ckpt, head=args.head, device=args.device, pretrained=args.pretrained,
+                               **layout_options(args))
     engine = f"torch {predictor.device} ({predictor.meta['backbone']['model']}, {predictor.head} head)"
     tally = score_and_report(found, predictor.logits, predictor.preprocess, labels=LABELS,
                              threshold=args.threshold, batch_size=args.batch, workers=args.workers,
@@ -153,6 +183,9 @@ def add_predict_parser(sub) -> None:
     p.add_argument("--out", help="write the JSON lines here instead of stdout")
     p.add_argument("--batch", type=_positive, default=16, help="images per forward pass (default 16)")
     p.add_argument("--threshold", type=_probability, default=0.5, help="label threshold (default 0.5)")
+    p.add_argument("--pretrained", default=None,
+                   help="confirm the backbone weights file the run names when it lies outside the run "
+                        "directory (a checkpoint's paths are not followed on their own)")
     p.add_argument("--head", default="auto", choices=["auto", "student", "teacher"],
                    help="auto: student for a stage-2 run, the teacher probe for a stage-1 run")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")

@@ -3,11 +3,14 @@
 Writes one JSON line per input, {"path", "logit", "probability", "label"} or
 {"path", "error"} for a file that cannot be read, to stdout or --out, and a
 summary to stderr. Exit status: 0 all inputs scored, 1 some could not be
-read (their lines say why), 2 the model or the arguments are unusable.
+read or scored NaN/inf (their lines say why), 2 the model or the arguments
+are unusable. --out is written atomically (a failed run leaves an old file as
+it was) and may not be the model, an input, or a file inside an input folder.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -65,9 +68,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from .inputs import collect_inputs
     from .metadata import MetadataError
-    from .report import OutputError, score_and_report
+    from .outputs import OutputError, check_output
+    from .report import score_and_report
     from .runtime import ModelLoadError, OnnxDetector
 
+    protected = [(args.model, "the model")]
+    if os.path.exists(args.model + ".data"):  # weights of a model over 2 GB
+        protected.append((args.model + ".data", "the model's weights"))
+    try:  # before the model is loaded: --out must not be the model, an input, or inside an input folder
+        check_output(args.out, [*protected, *args.inputs], "--out")
+    except OutputError as exc:
+        print(f"dgsnet-predict: {exc}", file=sys.stderr)
+        return 2
     try:
         detector = OnnxDetector(args.model, provider=args.provider, threads=args.threads,
                                 max_batch=max(args.batch, 1), trt_fp16=not args.no_trt_fp16,

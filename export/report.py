@@ -5,15 +5,15 @@ numbers through onnxruntime and through torch are the point of the export.
 """
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from .outputs import OutputError, atomic_sink
 
-class OutputError(ValueError):
-    """The JSON-lines file cannot be written."""
+__all__ = ["OutputError", "Tally", "progress_bar", "score_and_report", "write_records"]
 
 
 @dataclass
@@ -45,27 +45,40 @@ class Tally:
 
 
 def write_records(records: Iterable[dict], out: str | None, labels: tuple[str, str]) -> Tally:
-    """Writes each record as one JSON line to `out` (or stdout), flushed per line so an
-    interrupted run keeps what it finished; an unreadable file's error line is printed to
-    stderr as well, and the batch goes on."""
+    """Writes each record as one strict JSON line (no NaN/Infinity) to `out`, or streams it to stdout.
+
+    `out` is written atomically: the lines go to a temporary file in the same folder that is
+    renamed over `out` once every record is written, so a failed or interrupted run leaves any
+    previous file as it was and no partial one. An unreadable file's error line is printed to
+    stderr as well, and the batch goes on.
+    """
     tally = Tally(labels=tuple(labels))
-    try:
-        if out and os.path.dirname(out):
-            os.makedirs(os.path.dirname(out), exist_ok=True)
-        sink = open(out, "w", encoding="utf-8") if out else sys.stdout
-    except OSError as exc:
-        raise OutputError(f"--out {out}: cannot write there ({exc.strerror or exc}); "
-                          "choose a writable file") from None
-    try:
+
+    def cannot_write(exc: OSError) -> OutputError:
+        return OutputError(f"--out {out}: cannot write there ({exc.strerror or exc}); choose a writable file")
+
+    with contextlib.ExitStack() as stack:
+        sink = sys.stdout
+        if out:
+            try:
+                sink = stack.enter_context(atomic_sink(out))
+            except OSError as exc:
+                raise cannot_write(exc) from None
         for record in records:
-            sink.write(json.dumps(record) + "\n")
-            sink.flush()
+            line = json.dumps(record, allow_nan=False) + "\n"
+            try:
+                sink.write(line)
+                sink.flush()
+            except OSError as exc:
+                raise cannot_write(exc) from None
             if "error" in record:
                 print(f"skipped {record['error']}", file=sys.stderr)
             tally.add(record)
-    finally:
-        if sink is not sys.stdout:
-            sink.close()
+        if out:
+            try:
+                stack.close()  # the rename: only now does `out` change
+            except OSError as exc:
+                raise cannot_write(exc) from None
     return tally
 
 

@@ -35,6 +35,12 @@ def sigmoid(logit: float) -> float:
     return z / (1.0 + z)
 
 
+def non_finite_message(path, logit: float) -> str:
+    """The error record's text for an image the detector scored NaN or +/-inf."""
+    return (f"{path}: the detector returned a non-finite score ({logit}) for this image; "
+            "the model or input is broken (re-export the model, or check the file)")
+
+
 def _load_and_preprocess(path: Path, preprocess: Callable[[np.ndarray], np.ndarray]):
     """(sample, None) or (None, error message): a bad input never raises out of the batch."""
     from dgsnet.imageio import ImageLoadError, load_rgb
@@ -55,8 +61,9 @@ def iter_predictions(paths: Iterable, logits_fn: Callable[[np.ndarray], np.ndarr
 
     Files are decoded and preprocessed on `workers` threads (PIL and numpy's FFT/BLAS
     release the GIL), then scored `batch_size` at a time by `logits_fn`
-    ((B, ...) array -> (B,) logits). Unreadable files give an error record and
-    the batch goes on. `progress`: an object with update(n), e.g. a tqdm bar.
+    ((B, ...) array -> (B,) logits). Unreadable files, and images the detector
+    scores NaN or +/-inf, give an error record and the batch goes on.
+    `progress`: an object with update(n), e.g. a tqdm bar.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
@@ -79,7 +86,10 @@ def iter_predictions(paths: Iterable, logits_fn: Callable[[np.ndarray], np.ndarr
                     raise RuntimeError(f"the detector returned {logits.shape[0]} logits for {len(good)} images")
             scored = dict(zip(good, logits.tolist()))
             for i, path in enumerate(chunk):
-                if i in scored:
+                if i in scored and not math.isfinite(scored[i]):
+                    # a label from NaN would be silent garbage ("real": NaN >= t is False)
+                    yield {"path": str(path), "error": non_finite_message(path, scored[i])}
+                elif i in scored:
                     prob = sigmoid(scored[i])
                     yield {"path": str(path), "logit": scored[i], "probability": prob,
                            "label": labels[1] if prob >= threshold else labels[0]}
