@@ -29,14 +29,19 @@ wrong and what to do about it.
 """
 from __future__ import annotations
 
+import errno
 import io
+import logging
 import os
 import threading
 from contextlib import contextmanager
-from typing import BinaryIO, Iterator, Union
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable, Iterator, Union
 
 import numpy as np
 from PIL import Image, ImageOps
+
+log = logging.getLogger("dgsnet.imageio")
 
 #: Default decompression-bomb limit: 100 megapixels (e.g. 10000 x 10000).
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -55,13 +60,161 @@ def is_image_name(path: PathLike) -> bool:
     return os.path.splitext(str(path))[1].lower() in IMAGE_SUFFIXES
 
 
-def walk_files(folder: PathLike) -> Iterator[str]:
-    """Every non-hidden file under `folder`, recursively, in sorted order (symlinks followed)."""
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith("."):
-                yield os.path.join(dirpath, name)
+#: Why a walk left a path out (see `walk_tree`).
+SKIP_REASONS = {"loop": "symlink loop(s)", "outside": "link(s) leading outside the folder",
+                "unreadable": "unreadable folder(s)"}
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A path a folder walk did not enter or take: `reason` is a key of SKIP_REASONS."""
+    path: str  # as seen under the walked root
+    reason: str
+    detail: str  # the real path the link leads to, or the error
+
+
+@dataclass
+class WalkSummary:
+    """What `walk_tree` found under `root`: `files[i]` is a path under the root, `real_paths[i]` its real path."""
+    root: str
+    files: list = field(default_factory=list)
+    real_paths: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)  # Skipped entries, in the order met
+    duplicates: int = 0  # folders or files reached again by another path: walked / yielded once
+
+    def counts(self) -> dict:
+        return skip_counts(self.skipped)
+
+
+def skip_counts(skipped) -> dict:
+    counts: dict = {}
+    for s in skipped:
+        counts[s.reason] = counts.get(s.reason, 0) + 1
+    return counts
+
+
+def describe_skipped(skipped, limit: int = 3) -> str:
+    """One line: how many paths were left out and why, naming the first `limit` of them."""
+    skipped = list(skipped)
+    counts = skip_counts(skipped)
+    why = ", ".join(f"{n} {SKIP_REASONS.get(r, r)}" for r, n in counts.items())
+    named = "; ".join(f"{s.path} ({s.reason}: {s.detail})" for s in skipped[:limit])
+    more = f"; and {len(skipped) - limit} more" if len(skipped) > limit else ""
+    hint = " (pass follow_outside=True to follow links outside the folder)" if "outside" in counts else ""
+    return f"left out {len(skipped)} path(s) ({why}){hint}: {named}{more}"
+
+
+def _inside(path: str, root: str) -> bool:
+    """True when real path `path` is `root` or lies under it (both real, absolute)."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _dir_key(names) -> tuple:
+    return tuple((1, n) for n in names)  # a folder's files sort before its sub-folders, as os.walk lists them
+
+
+def walk_tree(root: PathLike, *, follow_outside: bool = False, recursive: bool = True,
+              on_skip: Callable[[Skipped], None] | None = None, warn: bool = True) -> WalkSummary:
+    """Every non-hidden file under `root`, each once, in a fixed (sorted) order, without loops or escapes.
+
+    The rule: `root` itself may be a symlink; it is resolved and its real path is the walk's
+    boundary. Below it, a link (to a folder or a file) is followed only when its real path lies
+    inside the boundary (or anywhere with `follow_outside=True`); a link to a folder that holds
+    it, directly or higher up, is a loop and is never followed; each real folder is walked once.
+    A file reached by several paths is yielded once, under the shortest of them (fewest folders),
+    ties going to the path through fewer symlinks and then to the first in sorted order; the
+    yielded path is as seen under `root` (so labels taken from it are those of a folder the file
+    was really found in under the root). Order: a folder's files (sorted by name) before its
+    sub-folders (sorted by name), recursively, as `os.walk` with sorted names gives.
+
+    Hidden names (starting with ".") are ignored, and so are special files (fifos, sockets,
+    devices); a dangling link inside the boundary is yielded (the loader reports it).
+    `recursive=False` takes only the files directly in `root`. Left-out paths (loops, links
+    leading outside, unreadable folders) are in the summary's `skipped`, passed to `on_skip` as
+    they are met, and named in one log warning per walk unless `warn=False`.
+    """
+    top = os.fspath(root)
+    top_real = os.path.realpath(top)
+    summary = WalkSummary(top)
+
+    def skip(path: str, reason: str, detail: str) -> None:
+        entry = Skipped(path, reason, detail)
+        summary.skipped.append(entry)
+        if on_skip is not None:
+            on_skip(entry)
+
+    best: dict = {}  # real path -> (rank, sort key, path under root)
+    visited = {top_real}
+    level = [(top, top_real, (), 0)]  # folders of one depth: (path, real path, names below root, links on the way)
+    while level:
+        below = []
+        for path, real, names, links in level:
+            try:
+                with os.scandir(path) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as exc:
+                skip(path, "unreadable", exc.strerror or type(exc).__name__)
+                continue
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                is_link = entry.is_symlink()
+                try:
+                    is_dir = entry.is_dir()
+                    is_file = not is_dir and entry.is_file()
+                except OSError as exc:  # e.g. a link that leads to itself
+                    if exc.errno == errno.ELOOP:
+                        skip(entry.path, "loop", "the link leads back to itself")
+                    else:
+                        skip(entry.path, "unreadable", exc.strerror or type(exc).__name__)
+                    continue
+                if not (is_dir or is_file or is_link):
+                    continue  # fifo, socket, device
+                target = os.path.realpath(entry.path) if is_link else os.path.join(real, entry.name)
+                if is_dir:
+                    if not recursive:
+                        continue
+                    if _inside(real, target):
+                        skip(entry.path, "loop", f"-> {target}, a folder that holds it")
+                        continue
+                    if is_link and not follow_outside and not _inside(target, top_real):
+                        skip(entry.path, "outside", f"-> {target}")
+                        continue
+                    below.append((links + is_link, names + (entry.name,), entry.path, target))
+                    continue
+                if is_link and not follow_outside and not _inside(target, top_real):
+                    skip(entry.path, "outside", f"-> {target}")
+                    continue
+                rank, key = (len(names), links + is_link), _dir_key(names) + ((0, entry.name),)
+                held = best.get(target)
+                if held is not None:
+                    summary.duplicates += 1
+                    if (rank, key) >= held[:2]:
+                        continue
+                best[target] = (rank, key, entry.path)
+        # claim each real folder once: through the fewest links first, then in sorted order
+        below.sort(key=lambda c: (c[0], _dir_key(c[1])))
+        level = []
+        for links, names, path, target in below:
+            if target in visited:
+                summary.duplicates += 1
+                continue
+            visited.add(target)
+            level.append((path, target, names, links))
+    for target, (_, _, path) in sorted(best.items(), key=lambda kv: kv[1][1]):
+        summary.files.append(path)
+        summary.real_paths.append(target)
+    if warn and summary.skipped:
+        log.warning("%s: %s", top, describe_skipped(summary.skipped))
+    return summary
+
+
+def walk_files(folder: PathLike, *, follow_outside: bool = False,
+               on_skip: Callable[[Skipped], None] | None = None, warn: bool = True) -> Iterator[str]:
+    """The paths `walk_tree(folder)` yields (each file once, no loops, no escapes; see there)."""
+    return iter(walk_tree(folder, follow_outside=follow_outside, on_skip=on_skip, warn=warn).files)
+
+
 Source = Union[PathLike, bytes, BinaryIO]
 
 
