@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dgsnet.io import read_torch_state_dict
+
 STUDENT = "clip_model."
 FROZEN = "clip_model_frozen.clip_model_frozen."
 TEACHER2 = "clip_model_frozen.img_frozen_fc."
@@ -71,17 +73,7 @@ def read_checkpoint(path: str) -> dict[str, torch.Tensor]:
     """The flat state dict of a published file ({"state_dict": ...} and "module." prefixes undone)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such checkpoint file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - an unpickling refusal or a corrupt file
-        raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True) "
-                         f"({type(exc).__name__}: {exc}); give the .pth file the published code saved") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict")
-    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    state = read_torch_state_dict(path, "the .pth file the published code saved")
     bad = [k for k, v in state.items() if not torch.is_tensor(v)]
     if bad:
         raise ValueError(f"{path}: entries that are not tensors: {bad[:5]}; expected a flat model state dict")

@@ -1,8 +1,25 @@
-"""Atomic file writes: finished work is never half-written."""
+"""File I/O every part shares: atomic writes with the umask's permissions, and reads of JSON,
+safetensors and torch files that fail with one error naming the file. Torch is imported only by
+the torch reader."""
 from __future__ import annotations
 
+import json
 import os
+import stat
 import tempfile
+
+
+def new_file_mode(existing: str | None = None) -> int:
+    """The mode a written file gets: an existing file's own, else 0666 minus the umask (as open() does;
+    mkstemp's 0600 would hide a run's outputs from teammates and serving containers)."""
+    if existing is not None:
+        try:
+            return stat.S_IMODE(os.stat(existing).st_mode)
+        except OSError:
+            pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write(path: str, data: bytes | str) -> None:
@@ -11,6 +28,7 @@ def atomic_write(path: str, data: bytes | str) -> None:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     try:
+        os.chmod(tmp, new_file_mode(path))
         with os.fdopen(fd, "wb") as fh:
             fh.write(data.encode() if isinstance(data, str) else data)
             fh.flush()
@@ -20,3 +38,46 @@ def atomic_write(path: str, data: bytes | str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def read_json(path: str, what: str) -> dict:
+    """A JSON object from `path`, or one ValueError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); expected {what}; the file is damaged") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: holds a JSON {type(data).__name__}, expected {what} (an object)")
+    return data
+
+
+def read_tensors(path: str) -> dict:
+    """A safetensors file, or one ValueError naming it (truncated, empty, a forged header)."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for bad headers
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: not a readable safetensors file ({first}); the file is damaged or "
+                         "truncated: restore it, or re-create it") from None
+
+
+def read_torch_state_dict(path: str, expected: str) -> dict:
+    """A state dict from a torch file with torch.load(weights_only=True): no code in it runs.
+    A {"state_dict": ...} wrapper and DataParallel's "module." prefixes are undone."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - an unpickling refusal or a corrupt file
+        raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True) "
+                         f"({type(exc).__name__}: {exc}); give {expected}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict; give {expected}")
+    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state

@@ -17,6 +17,8 @@ import stat
 import tempfile
 from typing import Iterable, Iterator, TextIO
 
+from dgsnet.io import new_file_mode
+
 
 class OutputError(ValueError):
     """An output file cannot, or must not, be written (one line: both paths and the fix)."""
@@ -118,12 +120,6 @@ def check_output(out, inputs: Iterable, what: str = "--out", *, option: str = "-
         raise OutputError(f"{what} {out} {how} {role} {path}; writing there would destroy it: {fix}")
 
 
-def _new_file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 @contextlib.contextmanager
 def atomic_sink(out, encoding: str = "utf-8") -> Iterator[TextIO]:
     """A text file to write `out` through: a temporary file in the same folder, renamed over `out`
@@ -144,7 +140,7 @@ def atomic_sink(out, encoding: str = "utf-8") -> Iterator[TextIO]:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(target))
     try:
-        os.chmod(tmp, stat.S_IMODE(existing.st_mode) if existing is not None else _new_file_mode())
+        os.chmod(tmp, new_file_mode(target))
         with os.fdopen(fd, "w", encoding=encoding) as sink:
             fd = None
             yield sink

@@ -148,29 +148,16 @@ def _build_from_config(cfg: dict, quick_gelu: bool) -> nn.Module:
 
 def read_weights(path: str) -> dict[str, torch.Tensor]:
     """A CLIP state dict from safetensors, a torch file (weights_only: no code runs) or a TorchScript release."""
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    from dgsnet.io import read_tensors, read_torch_state_dict
 
-        try:
-            return load_file(path)
-        except Exception as exc:  # noqa: BLE001 - safetensors' own error types
-            raise ValueError(f"{path}: not a readable safetensors file ({str(exc).strip()[:200]}); "
-                             "the weights file is damaged or truncated") from None
+    if path.endswith(".safetensors"):
+        return read_tensors(path)
     if is_torchscript_archive(path):
         state = torch.jit.load(path, map_location="cpu").state_dict()
         for key in ("input_resolution", "context_length", "vocab_size"):
             state.pop(key, None)
         return dict(state)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling refusal or corrupt file
-        raise ValueError(f"{path}: cannot read it as a weights file with torch.load(weights_only=True) "
-                         f"({type(exc).__name__}: {exc}); give a safetensors, state-dict or OpenAI .pt file") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors")
-    return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+    return read_torch_state_dict(path, "a safetensors, state-dict or OpenAI .pt file")
 
 
 def _load_local(model: nn.Module, path: str) -> None:

@@ -13,9 +13,9 @@ import os
 import shutil
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
-from dgsnet.io import atomic_write
+from dgsnet.io import atomic_write, read_json, read_tensors
 from dgsnet.version import __version__
 
 MODEL_FILE, META_FILE, RESUME_DIR = "model.safetensors", "model.json", "resume"
@@ -86,28 +86,6 @@ def _check_schema(meta: dict, path: str) -> None:
 
 
 _MISSING = object()
-
-
-def read_json(path: str, what: str) -> dict:
-    """A JSON object from `path`, or one ValueError naming the file."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); expected {what}; the file is damaged") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: holds a JSON {type(data).__name__}, expected {what} (an object)")
-    return data
-
-
-def read_tensors(path: str) -> dict[str, torch.Tensor]:
-    """A safetensors file, or one ValueError naming it (truncated, empty, a forged header)."""
-    try:
-        return load_file(path)
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for bad headers
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: not a readable safetensors file ({first}); the file is damaged or "
-                         "truncated: restore it, or re-train / re-convert the run") from None
 
 
 def read_model_tensors(directory: str) -> dict[str, torch.Tensor]:
