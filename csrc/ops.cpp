@@ -6,11 +6,12 @@
 
 TORCH_LIBRARY(dgsnet, m) {
   // out[i] = g[i] - <g[i], h[i]> h[i]: removes from each row of g its
-  // component along the unit (or zero) row h[i]. The orthogonal suppression
+  // component along the row h[i] (norm below 1 because of the eps, zero where
+  // there is no harmful direction, so only part of it goes). The orthogonal suppression
   // of DGS-Net applied to the gradient that reaches the features.
   m.def("project_rows(Tensor g, Tensor h) -> Tensor");
 
-  // The whole DGS-Net stage-2 objective (DESIGN section 1) in one pass over
+  // The whole DGS-Net stage-2 objective (docs/method.md#2-the-stage-2-objective) in one pass over
   // the rows. Heads are linear, so per row i with c = (sigmoid(z) - y) / B:
   //   coef[i]  = (c_S, c_T, c_X, 1 / (||relu(c_X w_x)|| + eps))
   //   harmful[i] = relu(c_X w_x) * coef[i, 3]
@@ -37,7 +38,7 @@ TORCH_LIBRARY(dgsnet, m) {
       "-> (Tensor grad_f, Tensor grad_heads)");
 
   // In place, for every pair (g_l, u_l):  g_l -= <g_l, u_l> / (||u_l||^2 + eps) * u_l.
-  // The parameter-space (per-layer) surgery of DESIGN section 2, over a whole
+  // The parameter-space (per-layer) surgery of docs/method.md#3-per-layer-surgery-dgsnet-extension, over a whole
   // list of tensors in a fixed number of passes.
   m.def("project_params_(Tensor(a!)[] grads, Tensor[] dirs, float eps) -> ()");
 }

@@ -1,4 +1,4 @@
-"""Patch selection and normalisation (DESIGN section 1), torch-free: numpy only.
+"""Patch selection and normalisation (docs/method.md#4-patch-selection), torch-free: numpy only.
 
 The definition, for an HxWx3 uint8 RGB image:
 

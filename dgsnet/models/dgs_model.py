@@ -1,4 +1,4 @@
-"""The three DGS-Net branches on one open_clip model (DESIGN section 1).
+"""The three DGS-Net branches on one open_clip model (docs/method.md#1-model-and-training-stages).
 
 student: the CLIP image encoder with LoRA on attention q, k, v + student_head
 teacher: the same encoder with LoRA switched off (= before fine-tuning) + teacher_head

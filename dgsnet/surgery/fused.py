@@ -1,6 +1,6 @@
 """The DGS objective through one fused op pair (backends cpp, cuda, triton).
 
-Because the heads are linear, every quantity of DESIGN section 1 has a
+Because the heads are linear, every quantity of docs/method.md#2-the-stage-2-objective has a
 closed form per row (c = (sigmoid(z) - y) / B):
 
     g_T = c_T w_T,  b = min(g_T, 0),  g_X = c_X w_X,

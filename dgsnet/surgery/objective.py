@@ -1,4 +1,4 @@
-"""The DGS-Net stage-2 objective with gradient surgery (DESIGN section 1).
+"""The DGS-Net stage-2 objective with gradient surgery (docs/method.md#2-the-stage-2-objective).
 
 `dgs_objective` returns a loss whose backward delivers, into whatever produced
 the student features, the surgically modified gradient G_tilde, and ordinary

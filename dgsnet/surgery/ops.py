@@ -8,7 +8,7 @@ cpp on the CPU, reference otherwise.
 Ops (schemas in csrc/ops.cpp; the Triton twins live under dgsnet_triton::):
   project_rows(g, h)            g_i - <g_i, h_i> h_i per row
   dgs_forward(...)/dgs_backward the fused DGS objective (see dgsnet.surgery.fused)
-  project_params_(grads, dirs)  in-place multi-tensor projection (DESIGN section 2)
+  project_params_(grads, dirs)  in-place multi-tensor projection (docs/method.md#3-per-layer-surgery-dgsnet-extension)
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Plain-PyTorch reference of the DGS-Net quantities (DESIGN section 1).
+"""Plain-PyTorch reference of the DGS-Net quantities (docs/method.md#2-the-stage-2-objective).
 
 These functions are the specification every fused backend is checked
 against. Heads are linear, so the per-row gradients of a mean BCE loss with
@@ -32,7 +32,7 @@ def project_rows(g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
 
 
 def project_params_(grads: list[torch.Tensor], directions: list[torch.Tensor], eps: float) -> None:
-    """In place, per tensor: g_l <- g_l - <g_l, u_l> / (||u_l||^2 + eps) * u_l (DESIGN section 2)."""
+    """In place, per tensor: g_l <- g_l - <g_l, u_l> / (||u_l||^2 + eps) * u_l (docs/method.md#3-per-layer-surgery-dgsnet-extension)."""
     for g, u in zip(grads, directions):
         coeff = (g * u).sum() / ((u * u).sum() + eps)
         g.sub_(coeff * u)

@@ -1,4 +1,4 @@
-"""select_patches against a per-patch loop of DESIGN section 1, written here independently."""
+"""select_patches against a per-patch loop of docs/method.md#4-patch-selection, written here independently."""
 import numpy as np
 import pytest
 

@@ -1,4 +1,4 @@
-"""dgs_objective against an independent formulation of DESIGN section 1.
+"""dgs_objective against an independent formulation of docs/method.md#2-the-stage-2-objective.
 
 The independent formulation below uses autograd for every gradient the
 design names (g_T = dL_T/df_T, g_X = dL_text/dt) and a tensor hook on the
@@ -54,7 +54,7 @@ def objective_grads(prob, **kwargs):
 
 
 def independent_grads(prob, lam=0.2, project=True, variant="published", align=True):
-    """DESIGN section 1 written out literally, with autograd.grad and a feature hook."""
+    """docs/method.md#2-the-stage-2-objective written out literally, with autograd.grad and a feature hook."""
     prob.zero_grad()
     y = prob.labels
     batch = y.shape[0]

@@ -1,4 +1,4 @@
-"""The fused multi-tensor projection project_params_ (DESIGN section 2) against
+"""The fused multi-tensor projection project_params_ (docs/method.md#3-per-layer-surgery-dgsnet-extension) against
 the per-tensor reference loop, for every available backend."""
 import importlib.util
 

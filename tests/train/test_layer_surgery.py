@@ -1,4 +1,4 @@
-"""Parameter-space (per-layer) surgery, DESIGN section 2."""
+"""Parameter-space (per-layer) surgery, docs/method.md#3-per-layer-surgery-dgsnet-extension."""
 import json
 import os
 import sys
