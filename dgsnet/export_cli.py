@@ -67,17 +67,41 @@ def _check_export_outputs(args, out: Path) -> None:
         check_output(path, [_run_dir_input(args.ckpt)], what)
 
 
+def _check_out_folder(out: Path) -> None:
+    """The folder --out goes in is a folder this process can create files in (or, when it does not exist
+    yet, its nearest existing parent is): refused before the export, not after it. Tried, not guessed
+    from permission bits, which root ignores and read-only mounts do not show."""
+    import tempfile
+
+    folder = Path(os.path.abspath(out)).parent
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent  # export creates missing folders
+    if not folder.is_dir():
+        raise ValueError(f"--out {out}: {folder} is {'a file' if folder.exists() else 'a broken link'}, "
+                         "not a folder; choose another --out")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".dgsnet-export-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"--out {out}: cannot write in {folder} ({exc.strerror or exc}); choose a writable "
+                         "folder for --out") from None
+
+
 def cmd_export(args) -> int:
-    from dgsnet.export_onnx import (build_tensorrt_engine, check_profile, export_checkpoint,
+    from dgsnet.export_onnx import (build_tensorrt_engine, check_opset, check_profile, export_checkpoint,
                                     tensorrt_available, tensorrt_command)
     from dgsnet.io import atomic_write
 
     _check_run_dir(args.ckpt)
     out = Path(args.out)
-    _check_export_outputs(args, out)  # before the checkpoint is loaded
+    # Everything that can be refused is, before the checkpoint is loaded and the slow export starts.
+    _check_export_outputs(args, out)
     if out.suffix != ".onnx":
         raise ValueError(f"--out {out}: name the file *.onnx")
-    check_profile(args.min_batch, args.opt_batch, args.max_batch)  # before the slow export
+    _check_out_folder(out)
+    check_opset(args.opset, args.exporter)
+    check_profile(args.min_batch, args.opt_batch, args.max_batch)
     report = export_checkpoint(args.ckpt, out, head=args.head, threshold=args.threshold,
                                pretrained=args.pretrained, opset=args.opset, fp16=args.fp16,
                                with_preprocessing=args.with_preprocessing, exporter=args.exporter, atol=args.atol)
@@ -118,7 +142,9 @@ def add_export_parser(sub) -> None:
                                    "is checked in onnxruntime against torch at two batch sizes.")
     p.add_argument("--ckpt", required=True, help="finished run directory (model.safetensors + model.json)")
     p.add_argument("--out", required=True, help="the .onnx file to write")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset (default {DEFAULT_OPSET}); one outside what the installed torch and onnx "
+                        "can write is refused before the export, naming the range")
     p.add_argument("--fp16", action="store_true", help="float16 weights and compute (float32 inputs/outputs)")
     p.add_argument("--with-preprocessing", action="store_true",
                    help="normalisation inside the graph: it takes uint8 224x224 tiles (patch selection stays "

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import numbers
 import os
 import shlex
 import tempfile
@@ -64,6 +65,68 @@ ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice Sof
 SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze
 Upsample Where Xor
 """.split())
+
+
+# Ops every ViT detector graph needs whichever exporter writes it: Erf (GELU) and Expand (the class
+# token broadcast to the batch). No opset older than both can hold the graph (torch's own floor is lower).
+GRAPH_OPS = ("Erf", "Expand")
+
+
+def opset_range(exporter: str = "auto") -> tuple[int, int]:
+    """(lowest, highest) ONNX opset `exporter` ('auto' | 'dynamo' | 'torchscript') can write a detector at,
+    read from the installed torch.onnx, onnxscript and onnx rather than fixed here.
+
+    Lowest: the first opset with every op of GRAPH_OPS (and torch's ONNX_MIN_OPSET). Highest: the
+    torchscript exporter stops at torch's ONNX_MAX_OPSET; the dynamo exporter writes torchlib's opset
+    and converts it with onnxscript's version converter up to SUPPORTED_MAX_ONNX_OPSET (past it the
+    graph comes out invalid); neither past onnx's own opset (onnx.checker refuses newer ones).
+    'auto' tries dynamo first, then torchscript: the union of both.
+    """
+    import onnx.defs
+
+    try:
+        from torch.onnx import _constants as torch_onnx  # private, but where torch.onnx keeps its bounds
+    except ImportError:
+        torch_onnx = None
+    first = {}
+    for schema in onnx.defs.get_all_schemas_with_history():
+        if schema.domain in ("", "ai.onnx") and schema.name in GRAPH_OPS:
+            first[schema.name] = min(first.get(schema.name, schema.since_version), schema.since_version)
+    low = max(getattr(torch_onnx, "ONNX_MIN_OPSET", 1), *first.values())
+    torchscript_high = getattr(torch_onnx, "ONNX_MAX_OPSET", DEFAULT_OPSET)
+    try:
+        from onnxscript.version_converter import _version_converter as converter
+        dynamo_high = int(converter.SUPPORTED_MAX_ONNX_OPSET)
+    except (ImportError, AttributeError):  # no onnxscript: the dynamo exporter cannot run at all
+        dynamo_high = torchscript_high
+    high = {"dynamo": dynamo_high, "torchscript": torchscript_high,
+            "auto": max(dynamo_high, torchscript_high)}[exporter]
+    return low, min(high, onnx.defs.onnx_opset_version())
+
+
+def check_opset(opset, exporter: str = "auto", *, name: str = "--opset") -> int:
+    """`opset` as an int, or ValueError (one line: the range this install exports and the fix)."""
+    if exporter not in ("auto", "dynamo", "torchscript"):
+        raise ValueError(f"exporter={exporter!r}: use auto, dynamo or torchscript")
+    low, high = opset_range(exporter)
+    value = None
+    if isinstance(opset, numbers.Integral) and not isinstance(opset, bool):
+        value = int(opset)
+    elif isinstance(opset, str) and opset.strip().lstrip("+-").isdigit():
+        value = int(opset)
+    if value is None or not low <= value <= high:
+        import onnx
+        import torch
+
+        which = "" if exporter == "auto" else f" with the {exporter} exporter"
+        others = ""
+        if exporter == "auto":
+            parts = [f"{e} up to {opset_range(e)[1]}" for e in ("dynamo", "torchscript")]
+            others = f" ({', '.join(parts)})"
+        raise ValueError(f"{name} {opset}: this torch {torch.__version__} / onnx {onnx.__version__} exports a "
+                         f"detector at opsets {low} to {high}{which}{others}; choose one in that range "
+                         f"(default {DEFAULT_OPSET})")
+    return value
 
 
 class ExportError(RuntimeError):
@@ -429,6 +492,7 @@ def export_detector(detector, out_path, *, metadata: dict, opset: int = DEFAULT_
         raise ValueError(f"exporter={exporter!r}: use auto, dynamo or torchscript")
     if tensorrt_check not in ("error", "warn", "off"):
         raise ValueError(f"tensorrt_check={tensorrt_check!r}: use error, warn or off")
+    opset = check_opset(opset, exporter, name="opset")  # before the slow export
     batch_sizes = tuple(int(b) for b in batch_sizes)
     if len(batch_sizes) < 2 or min(batch_sizes) < 1 or TRACE_BATCH in batch_sizes:
         raise ValueError(f"batch_sizes={batch_sizes}: give at least two sizes >= 1, not {TRACE_BATCH} "
@@ -631,7 +695,8 @@ def build_tensorrt_engine(onnx_path, engine_path=None, min_batch: int = 1, opt_b
     return engine_path
 
 
-__all__ = ["DEFAULT_OPSET", "ExportError", "ExportReport", "ExportVerificationError", "TENSORRT_OPS",
-           "build_metadata", "build_tensorrt_engine", "checkpoint_metadata", "export_checkpoint", "export_detector",
-           "export_friendly", "normalization_spec", "tensorrt_available", "tensorrt_command", "tensorrt_issues",
+__all__ = ["DEFAULT_OPSET", "ExportError", "ExportReport", "ExportVerificationError", "GRAPH_OPS", "TENSORRT_OPS",
+           "build_metadata", "build_tensorrt_engine", "check_opset", "checkpoint_metadata", "export_checkpoint",
+           "export_detector", "export_friendly", "normalization_spec", "opset_range", "tensorrt_available",
+           "tensorrt_command", "tensorrt_issues",
            "verify_onnx"]

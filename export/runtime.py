@@ -18,13 +18,18 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .inputs import collect_inputs
-from .metadata import MetadataError, ModelInfo
+from .metadata import PATCH_SELECTION, REEXPORT, MetadataError, ModelInfo
 from .preprocessing import Preprocessor
 from .providers import provider_chain, provider_options
 
 
 class ModelLoadError(RuntimeError):
     """The ONNX file is missing or onnxruntime cannot load it."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def sigmoid(logit: float) -> float:
@@ -102,6 +107,118 @@ def iter_predictions(paths: Iterable, logits_fn: Callable[[np.ndarray], np.ndarr
             pool.shutdown()
 
 
+LOGITS = "logits"  # the graph output the runtime reads: one logit per image
+PROBE_BATCH = 3  # the test batch run at load: neither 1 nor the exporter's traced 2, so a baked-in batch shows
+ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(float16)": "float16",
+             "tensor(double)": "float64"}
+LAYOUTS = {"NCHW": (1, (2, 3)), "NHWC": (3, (1, 2))}  # channel axis, spatial axes
+
+
+def _type_name(ort_type: str) -> str:
+    return ORT_TYPES.get(ort_type, ort_type.removeprefix("tensor(").removesuffix(")"))
+
+
+def _dims(arg) -> list | None:
+    """A NodeArg's shape as ints (fixed) and None (dynamic or unknown); None when even the rank is unknown."""
+    if arg.shape is None:
+        return None
+    return [d if isinstance(d, int) and d >= 0 else None for d in arg.shape]
+
+
+def _shape_text(dims) -> str:
+    return "(" + ", ".join("N" if d is None else str(d) for d in dims) + ")"
+
+
+def check_graph(session, info: ModelInfo, path) -> int | None:
+    """Raises ModelLoadError / MetadataError where the metadata contradicts the graph it describes.
+
+    Torch- and onnx-free: reads what onnxruntime says about the graph's inputs and outputs.
+    Returns the graph's fixed batch size, or None when its batch axis is dynamic.
+    """
+    def contradiction(what: str) -> ModelLoadError:
+        return ModelLoadError(f"{path}: {what}; {REEXPORT}")
+
+    from dgsnet.preprocess import TILE
+
+    if PATCH_SELECTION in info.caller_steps and info.input_size != TILE:
+        raise MetadataError(f"{path}: metadata input_size {info.input_size} contradicts its own "
+                            f"{PATCH_SELECTION} step, which makes {TILE}x{TILE} tiles; {REEXPORT}")
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise contradiction(f"the graph has {len(inputs)} inputs {[i.name for i in inputs]}, a dgsnet detector "
+                            f"one (the metadata names {info.input_name!r})")
+    (graph_input,) = inputs
+    if graph_input.name != info.input_name:
+        raise contradiction(f"the metadata names the input {info.input_name!r}, but the graph's input is "
+                            f"{graph_input.name!r}")
+    dtype = _type_name(graph_input.type)
+    if dtype != info.input_dtype:
+        raise contradiction(f"the metadata says input {graph_input.name!r} is {info.input_dtype}, but the graph "
+                            f"takes {dtype}")
+    dims = _dims(graph_input)
+    layout = info.input_layout
+    if dims is not None:
+        shape = _shape_text(dims)
+        if len(dims) != 4:
+            raise contradiction(f"the graph input {graph_input.name!r} is {shape}, {len(dims)} dims; the "
+                                f"metadata's {layout} layout has 4")
+        channel, spatial = LAYOUTS[layout]
+        if dims[channel] not in (None, 3):
+            other = next(name for name, (c, _) in LAYOUTS.items() if name != layout)
+            found = (f"laid out {other}" if dims[LAYOUTS[other][0]] == 3 else
+                     f"{dims[channel]} channels where {layout} has 3 (RGB) at axis {channel}")
+            raise contradiction(f"the metadata says input {graph_input.name!r} is {layout} with 3 channels, "
+                                f"but the graph's is {shape}: {found}")
+        sizes = [dims[a] for a in spatial]
+        if any(d is not None and d != info.input_size for d in sizes):
+            raise contradiction(f"the metadata input_size is {info.input_size}, but the graph input "
+                                f"{graph_input.name!r} is {shape}: {sizes[0] or '?'}x{sizes[1] or '?'} images")
+        batch = dims[0]
+        if batch == 0:
+            raise contradiction(f"the graph input {graph_input.name!r} is {shape}: a batch of 0 images")
+    else:
+        batch = None
+
+    if LOGITS not in info.outputs:
+        raise MetadataError(f"{path}: metadata outputs {list(info.outputs)} do not include {LOGITS!r}, the "
+                            f"output this runtime reads; {REEXPORT}")
+    outputs = {o.name: o for o in session.get_outputs()}
+    missing = [name for name in info.outputs if name not in outputs]
+    if missing:
+        raise contradiction(f"the metadata lists outputs {missing} that the graph does not have (its outputs "
+                            f"are {list(outputs)})")
+    logits = outputs[LOGITS]
+    if not _type_name(logits.type).startswith("float"):
+        raise contradiction(f"the graph's {LOGITS!r} output is {_type_name(logits.type)}, not floating-point "
+                            "logits")
+    out_dims = _dims(logits)
+    if out_dims is not None:
+        shape = _shape_text(out_dims)
+        if not 1 <= len(out_dims) <= 2:
+            raise contradiction(f"the graph's {LOGITS!r} output is {shape}; a dgsnet detector gives (N,), "
+                                "one logit per image")
+        if len(out_dims) == 2 and out_dims[1] not in (None, 1):
+            raise contradiction(f"the graph's {LOGITS!r} output is {shape}: {out_dims[1]} values per image, "
+                                "where a dgsnet detector gives one logit")
+        if out_dims[0] is not None and out_dims[0] != batch:
+            raise contradiction(f"the graph's {LOGITS!r} output has {out_dims[0]} rows for input "
+                                f"{_shape_text(dims or [None])}: rows and images do not match")
+    return batch
+
+
+def logit_rows(out: np.ndarray, batch: int, path) -> np.ndarray:
+    """The (batch,) logits of one run's output, (batch,) or (batch, 1); ModelLoadError for anything else."""
+    if out.ndim == 2 and out.shape[1] == 1:
+        out = out[:, 0]
+    if out.ndim == 1 and out.shape[0] == batch:
+        return out
+    if out.ndim == 2 and out.shape[0] == batch:
+        what = f"{out.shape[1]} values per image (shape {tuple(out.shape)}), where a dgsnet detector gives one logit"
+    else:
+        what = f"logits of shape {tuple(out.shape)} for a batch of {batch} images; expected ({batch},)"
+    raise ModelLoadError(f"{path}: the graph's {LOGITS!r} output gives {what}; {REEXPORT}")
+
+
 class OnnxDetector:
     """An exported dgsnet detector in an onnxruntime session, with its metadata and preprocessing.
 
@@ -110,6 +227,11 @@ class OnnxDetector:
     max_batch: the largest batch TensorRT's profile covers; trt_fp16: let TensorRT run float16.
     patch_order / patch_seed / decode: the preprocessing choices of dgsnet.preprocess.layout_rng
     and dgsnet.imageio.load_rgb (raster order and dgsnet decoding unless asked otherwise).
+
+    Loading checks the file before any image is read: the metadata against the graph (input name,
+    dtype, layout, size; outputs) and one test batch of zeros through the session (one logit per
+    image). A graph with a fixed batch size B is fed B images at a time (`batch_limit`), the last
+    group padded. Errors are ModelLoadError / MetadataError naming the file.
     """
 
     def __init__(self, model_path, provider: str = "auto", *, threads: int | None = None,
@@ -130,30 +252,65 @@ class OnnxDetector:
             # and it is the session itself when CPU is all there is.
             cpu = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
             self.info = ModelInfo.from_props(cpu.get_modelmeta().custom_metadata_map, source=str(self.path))
+            self.batch_limit = check_graph(cpu, self.info, self.path)
             size = self.info.input_size
-            sample_shape = [3, size, size] if self.info.input_dtype == "float32" else [size, size, 3]
-            providers = [(p, provider_options(p, input_name=self.info.input_name, sample_shape=sample_shape,
-                                              max_batch=max_batch, fp16=trt_fp16, cache_dir=trt_cache_dir))
-                         for p in chain]
+            self.sample_shape = (3, size, size) if self.info.input_layout == "NCHW" else (size, size, 3)
+            providers = []
+            for p in chain:
+                opts = provider_options(p, input_name=self.info.input_name, sample_shape=self.sample_shape,
+                                        max_batch=max_batch, fp16=trt_fp16, cache_dir=trt_cache_dir)
+                if self.batch_limit is not None:  # a fixed batch: no 1..max_batch profile to build
+                    opts = {k: v for k, v in opts.items() if not k.startswith("trt_profile_")}
+                providers.append((p, opts))
             self.session = cpu if chain == ["CPUExecutionProvider"] else \
                 ort.InferenceSession(str(self.path), options, providers=providers)
-        except MetadataError:
+        except (MetadataError, ModelLoadError):
             raise
         except Exception as exc:  # noqa: BLE001 - onnxruntime's errors, stated as a bad file
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise ModelLoadError(f"{self.path}: onnxruntime cannot load it ({type(exc).__name__}: {first}); "
-                                 "re-export it with `dgsnet export`") from None
+            raise ModelLoadError(f"{self.path}: onnxruntime cannot load it ({type(exc).__name__}: "
+                                 f"{_first_line(exc)}); re-export it with `dgsnet export`") from None
         self.provider = self.session.get_providers()[0]
         if self.provider != chain[0]:
             self.notes.append(f"{chain[0]} could not start; running on {self.provider}")
+        if self.batch_limit is not None:
+            self.notes.append(f"{self.path.name} takes batches of exactly {self.batch_limit} images: each "
+                              f"batch is fed in groups of {self.batch_limit}, a short group padded")
+        self._probe(self.batch_limit or max(1, min(PROBE_BATCH, max_batch)))
         self.preprocess = Preprocessor.from_info(self.info, patch_order=patch_order, patch_seed=patch_seed,
                                                  decode=decode)
 
+    def _probe(self, batch: int) -> None:
+        """One batch of zeros at load: a graph that fails, or gives other than one logit per image,
+        is refused before any image is decoded (not an IndexError or a shape error midway)."""
+        zeros = np.zeros((batch, *self.sample_shape), np.uint8 if self.info.input_dtype == "uint8" else np.float32)
+        try:
+            (out,) = self.session.run([LOGITS], {self.info.input_name: zeros})
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's errors, stated as a bad file
+            raise ModelLoadError(f"{self.path}: onnxruntime fails on a test batch of {batch} "
+                                 f"{_shape_text(zeros.shape)} ({type(exc).__name__}: {_first_line(exc)}); "
+                                 f"{REEXPORT}") from None
+        logit_rows(np.asarray(out), batch, self.path)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        (out,) = self.session.run([LOGITS], {self.info.input_name: batch})
+        return logit_rows(np.asarray(out), len(batch), self.path).astype(np.float64)
+
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """(B, ...) graph inputs -> (B,) float64 logits."""
+        """(B, ...) graph inputs -> (B,) float64 logits; a fixed-batch graph gets them in groups of
+        its size, the last group padded with copies of its last image (their scores dropped)."""
         dtype = np.uint8 if self.info.input_dtype == "uint8" else np.float32
-        (out,) = self.session.run(["logits"], {self.info.input_name: np.ascontiguousarray(batch, dtype=dtype)})
-        return out.astype(np.float64)
+        batch = np.ascontiguousarray(batch, dtype=dtype)
+        size = self.batch_limit
+        if size is None or len(batch) == size:
+            return self._run(batch)
+        parts = []
+        for start in range(0, len(batch), size):
+            group = batch[start:start + size]
+            real = len(group)
+            if real < size:
+                group = np.concatenate([group, np.repeat(group[-1:], size - real, axis=0)])
+            parts.append(self._run(group)[:real])
+        return np.concatenate(parts) if parts else np.zeros(0)
 
     def predict_paths(self, inputs: Iterable, *, batch_size: int = 16, threshold: float | None = None,
                       workers: int | None = None, progress=None) -> Iterator[dict]:
