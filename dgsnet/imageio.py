@@ -16,7 +16,11 @@ runtime, goes through `load_rgb`, so every pixel convention lives here:
   (embedded ICC profiles are ignored).
 - Animated or multi-page files give their first frame.
 - A decompression-bomb guard refuses images above `max_pixels` (width x
-  height, read from the header before any pixel is decoded).
+  height, read from the header before any pixel is decoded): 100 megapixels
+  by default (`DEFAULT_MAX_PIXELS`, e.g. 10000 x 10000), the same in
+  training, evaluation and prediction.
+- Memory across a pool of decoders is bounded by a pixel budget
+  (`PixelBudget`): see "Memory" below.
 
 `decode="pil"` instead reproduces the published DGS-Net loader,
 `Image.open(path).convert("RGB")`: no EXIF rotation, alpha dropped (not
@@ -26,12 +30,47 @@ error handling stay.
 Anything that cannot be read (missing, truncated, corrupt, not an image,
 too large) raises `ImageLoadError`, whose message names the file, what went
 wrong and what to do about it.
+
+Memory
+------
+Decoding plus patch selection peaks at about `BYTES_PER_PIXEL` bytes per
+decoded pixel (scripts/decode_memory.py measures it), so what a pool of
+decoders can hold at once is counted in pixels:
+
+- Threads (`dgsnet predict`, `dgsnet-predict`) share one `PixelBudget`: an
+  image reserves width x height before it is decoded and gives it back when
+  the `decoded(...)` block (decoding and preprocessing) ends; an image that
+  does not fit in what is free waits, one larger than the whole budget is
+  refused.
+- DataLoader worker processes cannot share a counter cheaply, so the budget
+  is split statically: each of N workers (times the processes a launcher
+  runs on this machine, LOCAL_WORLD_SIZE) decodes one image at a time and
+  refuses one above total / N (see `worker_share`).
+
+The total is, first found: the caller's value (megapixels), the
+environment variable DGSNET_PIXEL_BUDGET (megapixels, or "off"), else
+`default_pixel_budget()`: MEMORY_FRACTION of this machine's memory (the
+cgroup limit where lower) divided by BYTES_PER_PIXEL, and never more than
+the pool can use (workers x max_pixels).
+
+JPEG draft mode (`jpeg_draft=True`, off by default) decodes a JPEG that is
+over `max_pixels` at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, before
+any pixel is stored) instead of refusing it. That resamples the image, which
+dgsnet otherwise never does because resampling erases the traces the
+detector looks for: its score is of a smaller picture, not of the file. So
+it is opt-in, it is logged per file (and passed to `on_reduce`), and it
+depends only on `max_pixels`, never on the budget or the worker count: an
+image under `max_pixels` decodes bit-identically with or without it, and a
+file gets the same pixels whatever the pool.
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import errno
 import io
 import logging
+import math
 import os
 import threading
 from contextlib import contextmanager
@@ -39,12 +78,25 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator, Union
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, JpegImagePlugin
 
 log = logging.getLogger("dgsnet.imageio")
 
 #: Default decompression-bomb limit: 100 megapixels (e.g. 10000 x 10000).
 DEFAULT_MAX_PIXELS = 100_000_000
+
+#: Peak memory of `load_rgb` + `select_patches`, in bytes per decoded pixel: 10.0 measured for
+#: images of 64 MP and up (scripts/decode_memory.py, bench/results/amd-epyc-x2/decode_memory.json;
+#: the 100 MP all-zero PNG peaks at 1.0 GB), rounded up for allocator slack. Patch selection adds
+#: at most ~0.24 GB per image in flight (exact re-scoring of tied entropies, flat images), so
+#: small flat images cost more per pixel, a fixed amount per worker.
+BYTES_PER_PIXEL = 12
+#: Share of the machine's memory the default pixel budget lets a pool of decoders use.
+MEMORY_FRACTION = 0.25
+#: Memory assumed where the machine's cannot be read (non-Linux without sysconf).
+FALLBACK_MEMORY = 8 << 30
+#: Environment variable with the pixel budget in megapixels ("off": no budget).
+PIXEL_BUDGET_ENV = "DGSNET_PIXEL_BUDGET"
 
 PathLike = Union[str, os.PathLike]
 
@@ -260,12 +312,166 @@ def _name_of(source: Source) -> str:
     return getattr(source, "name", "<stream>")
 
 
-def load_rgb(source: Source, max_pixels: int | None = DEFAULT_MAX_PIXELS, decode: str = "dgsnet") -> np.ndarray:
-    """Decode an image file (path, bytes or binary stream) to an HxWx3 uint8 RGB array.
+class PixelBudgetError(ValueError):
+    """A pixel budget setting (DGSNET_PIXEL_BUDGET, pixel_budget=) that is not a budget."""
 
-    `max_pixels=None` disables the decompression-bomb guard. `decode`:
-    "dgsnet" (the conventions above) or "pil" (the published loader). Raises
-    `ImageLoadError` for anything that is not a readable image.
+
+def machine_memory() -> int | None:
+    """Bytes of memory this process may use: physical RAM, or the cgroup's limit where lower."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        total = None
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(limit_file) as fh:
+                text = fh.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < (total or float("inf")):
+            total = int(text)  # a container's limit ("max" or a huge number when there is none)
+        break
+    return total if total and total > 0 else None
+
+
+def default_pixel_budget(workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> int:
+    """MEMORY_FRACTION of `machine_memory()` in decoded pixels, capped at what `workers` decoders
+    can hold at once (workers x max_pixels) when both are given."""
+    memory = machine_memory() or FALLBACK_MEMORY
+    total = int(memory * MEMORY_FRACTION) // BYTES_PER_PIXEL
+    if workers and max_pixels:
+        total = min(total, max(1, workers) * max_pixels)
+    return max(1, total)
+
+
+def parse_pixel_budget(value, what: str = PIXEL_BUDGET_ENV) -> int | None:
+    """Megapixels (a number > 0, or a string such as "400" or "12.5") -> pixels; "off" -> None.
+
+    Raises PixelBudgetError naming `what`, the value and the accepted forms for anything else.
+    """
+    text = str(value).strip()
+    if text.lower() == "off":
+        return None
+    try:
+        megapixels = float(text)
+    except ValueError:
+        megapixels = float("nan")
+    pixels = megapixels * 1_000_000
+    if not (math.isfinite(pixels) and pixels >= 1):
+        raise PixelBudgetError(f"{what}={value!r} is not a pixel budget: give megapixels decoded at once "
+                               "(a number > 0, e.g. 400), or 'off' for none")
+    return int(pixels)
+
+
+def resolve_pixel_budget(pixel_budget=None, *, workers: int | None = None,
+                         max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int | None, str]:
+    """(total pixels or None for no budget, where it came from): `pixel_budget` (megapixels, or
+    "off") when given, else DGSNET_PIXEL_BUDGET when set, else `default_pixel_budget`."""
+    if pixel_budget is not None:
+        return parse_pixel_budget(pixel_budget, "pixel_budget"), f"pixel_budget={pixel_budget}"
+    env = os.environ.get(PIXEL_BUDGET_ENV, "").strip()
+    if env:
+        return parse_pixel_budget(env), f"{PIXEL_BUDGET_ENV}={env}"
+    total = default_pixel_budget(workers, max_pixels)
+    return total, f"the default, {MEMORY_FRACTION:.0%} of this machine's memory at {BYTES_PER_PIXEL} bytes/pixel"
+
+
+def local_processes() -> int:
+    """Processes decoding on this machine at once under a launcher (torchrun's LOCAL_WORLD_SIZE), else 1."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def worker_share(total: int, workers: int) -> int:
+    """Each worker process's part of a `total` budget split statically over `workers` workers (>= 1)
+    of each of `local_processes()` processes."""
+    return max(1, total // (max(1, workers) * local_processes()))
+
+
+class PixelBudget:
+    """Decoded pixels a pool of threads may hold at once (`total`), shared under one lock.
+
+    `reserve(pixels, name)` waits until `pixels` fit in what is free, first come first served (a
+    large image is not starved by small ones), and gives them back when its block ends; `pixels`
+    above `total` raise ImageLoadError naming the file. A thread must not reserve while it holds a
+    reservation (it could wait on itself). `source` says where `total` came from, for messages;
+    `split`: this is one worker's share of a budget split over several (fewer workers would help).
+    """
+
+    def __init__(self, total_pixels: int, source: str = "pixel budget", *, split: bool = False):
+        if int(total_pixels) < 1:
+            raise PixelBudgetError(f"pixel budget {total_pixels}: must be >= 1 pixel")
+        self.total, self.source, self.split = int(total_pixels), source, split
+        self.in_use = 0
+        self.peak = 0  # the most ever reserved at once (tests and benchmarks read it)
+        self._cond = threading.Condition()
+        self._queue: collections.deque = collections.deque()
+
+    @classmethod
+    def for_pool(cls, pixel_budget=None, workers: int | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> "PixelBudget | None":
+        """The budget of a pool of `workers` threads (see resolve_pixel_budget); None when "off"."""
+        total, source = resolve_pixel_budget(pixel_budget, workers=workers, max_pixels=max_pixels)
+        return None if total is None else cls(total, source)
+
+    def __repr__(self) -> str:
+        return f"PixelBudget({self.total}, in_use={self.in_use}, source={self.source!r})"
+
+    def refuse(self, name: str, size: tuple[int, int]) -> ImageLoadError:
+        width, height = size
+        return ImageLoadError(
+            name, f"{width}x{height} = {width * height} pixels to decode exceeds the pixel budget of "
+                  f"{self.total} pixels ({self.source})",
+            f"raise the budget ({PIXEL_BUDGET_ENV} or --pixel-budget, in megapixels)"
+            + (", use fewer workers" if self.split else "") + " or downscale the file")
+
+    @contextmanager
+    def reserve(self, pixels: int, name: str = "<image>", size: tuple[int, int] | None = None):
+        pixels = int(pixels)
+        if pixels > self.total:
+            raise self.refuse(name, size or (pixels, 1))
+        me = object()
+        with self._cond:
+            self._queue.append(me)
+            try:
+                while self._queue[0] is not me or self.total - self.in_use < pixels:
+                    self._cond.wait()
+            except BaseException:  # interrupted while waiting: leave the queue to the others
+                self._queue.remove(me)
+                self._cond.notify_all()
+                raise
+            self._queue.popleft()
+            self.in_use += pixels
+            self.peak = max(self.peak, self.in_use)
+            self._cond.notify_all()  # the next in line may fit in what is left
+        try:
+            yield pixels
+        finally:
+            with self._cond:
+                self.in_use -= pixels
+                self._cond.notify_all()
+
+
+def _jpeg_draft_scale(img: Image.Image, max_pixels: int) -> int | None:
+    """The smallest DCT scale (2, 4 or 8) that brings a JPEG within `max_pixels`; None otherwise."""
+    if not isinstance(img, JpegImagePlugin.JpegImageFile):
+        return None
+    width, height = img.size
+    for scale in (2, 4, 8):
+        if -(-width // scale) * -(-height // scale) <= max_pixels:
+            return scale
+    return None
+
+
+@contextmanager
+def decoded(source: Source, max_pixels: int | None = DEFAULT_MAX_PIXELS, decode: str = "dgsnet", *,
+            budget: PixelBudget | None = None, jpeg_draft: bool = False,
+            on_reduce: Callable[[str, tuple, tuple], None] | None = None) -> Iterator[np.ndarray]:
+    """`with decoded(path, budget=budget) as rgb:` the HxWx3 uint8 RGB of `load_rgb`, with the pixels
+    it decodes reserved from `budget` (if any) from before decoding until the block ends, so the
+    preprocessing done in the block is covered too. Arguments and errors as `load_rgb`.
     """
     if decode not in DECODERS:
         raise ValueError(f"decode={decode!r}: choose one of {', '.join(DECODERS)}")
@@ -282,31 +488,73 @@ def load_rgb(source: Source, max_pixels: int | None = DEFAULT_MAX_PIXELS, decode
         raise ImageLoadError(name, "not an image format Pillow can read (wrong extension or corrupt header)") from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
         raise ImageLoadError(name, f"cannot open ({type(exc).__name__}: {exc})") from None
-    with img:
-        width, height = img.size
-        if max_pixels is not None and width * height > max_pixels:
-            raise ImageLoadError(
-                name,
-                f"{width}x{height} = {width * height} pixels exceeds the decompression-bomb limit of {max_pixels}",
-                "downscale the file, or raise max_pixels if it is trusted",
-            )
-        if width == 0 or height == 0:
-            raise ImageLoadError(name, f"image has no pixels ({width}x{height})")
-        try:
-            img.load()  # truncated / corrupt pixel data fails here
-            if decode == "pil":
-                return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-            return pil_to_rgb(img)
-        except ImageLoadError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise ImageLoadError(name, f"cannot decode pixels ({type(exc).__name__}: {exc})") from None
+    with contextlib.ExitStack() as held:
+        with img:
+            width, height = img.size
+            if max_pixels is not None and width * height > max_pixels:
+                # Only the bomb limit decides on draft mode: the same file decodes the same way
+                # whatever the budget or the number of workers.
+                scale = _jpeg_draft_scale(img, max_pixels) if jpeg_draft else None
+                if scale is not None:
+                    img.draft(img.mode, (max(1, width // scale), max(1, height // scale)))
+                if scale is None or img.size[0] * img.size[1] > max_pixels:
+                    hint = " (or jpeg_draft=True to decode a JPEG reduced)" if \
+                        isinstance(img, JpegImagePlugin.JpegImageFile) and not jpeg_draft else ""
+                    raise ImageLoadError(
+                        name,
+                        f"{width}x{height} = {width * height} pixels exceeds the decompression-bomb limit of "
+                        f"{max_pixels}",
+                        f"downscale the file, or raise max_pixels if it is trusted{hint}",
+                    )
+                log.warning("%s: %dx%d JPEG over the %d-pixel limit decoded at 1/%d scale (%dx%d): "
+                            "resampled, so its score is not that of the full image", name, width, height,
+                            max_pixels, scale, *img.size)
+                if on_reduce is not None:
+                    on_reduce(name, (width, height), img.size)
+            if width == 0 or height == 0:
+                raise ImageLoadError(name, f"image has no pixels ({width}x{height})")
+            if budget is not None:
+                held.enter_context(budget.reserve(img.size[0] * img.size[1], name, img.size))
+            try:
+                img.load()  # truncated / corrupt pixel data fails here
+                if decode == "pil":  # convert() of an RGB image would only copy it
+                    rgb = np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8).copy()
+                else:
+                    rgb = pil_to_rgb(img)
+            except ImageLoadError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                raise ImageLoadError(name, f"cannot decode pixels ({type(exc).__name__}: {exc})") from None
+        yield rgb  # the file is closed; the reservation is held until the caller's block ends
+
+
+def load_rgb(source: Source, max_pixels: int | None = DEFAULT_MAX_PIXELS, decode: str = "dgsnet", *,
+             budget: PixelBudget | None = None, jpeg_draft: bool = False,
+             on_reduce: Callable[[str, tuple, tuple], None] | None = None) -> np.ndarray:
+    """Decode an image file (path, bytes or binary stream) to an HxWx3 uint8 RGB array.
+
+    `max_pixels=None` disables the decompression-bomb guard. `decode`:
+    "dgsnet" (the conventions above) or "pil" (the published loader). `budget`: a PixelBudget
+    the decoding reserves from (only while decoding; use `decoded` to cover preprocessing too).
+    `jpeg_draft`: decode a JPEG over `max_pixels` reduced instead of refusing it (off by default;
+    see "Memory" above); `on_reduce(name, (w, h), (reduced w, h))` is called when that happens.
+    Raises `ImageLoadError` for anything that is not a readable image.
+    """
+    with decoded(source, max_pixels, decode, budget=budget, jpeg_draft=jpeg_draft, on_reduce=on_reduce) as rgb:
+        return rgb
+
+
+_EXIF_ORIENTATION = 0x0112
+_TURNED = (2, 3, 4, 5, 6, 7, 8)  # EXIF orientations other than "as stored"
 
 
 def pil_to_rgb(img: Image.Image) -> np.ndarray:
     """Convert an (already opened) PIL image to HxWx3 uint8 RGB with the conventions above."""
     try:
-        img = ImageOps.exif_transpose(img) or img
+        img.load()
+        turned = img.getexif().get(_EXIF_ORIENTATION, 1) in _TURNED
+        if turned:  # exif_transpose copies the whole image even when nothing turns: only call it here
+            img = ImageOps.exif_transpose(img) or img
     except Exception:  # noqa: BLE001 - unreadable EXIF: keep the stored orientation
         pass
     mode = img.mode

@@ -16,12 +16,15 @@ from .perturb import Perturbation
 log = logging.getLogger("dgsnet.data")
 
 
-def build_train_dataset(cfg, train: bool = True) -> FolderDataset:
+def build_train_dataset(cfg, train: bool = True, *, pixel_budget=None, jpeg_draft: bool | None = None) -> FolderDataset:
     """The dataset of `cfg.data` (any supported layout): augmented when `train`, else deterministic.
 
     `cfg` is a dgsnet.train.config.TrainConfig (data, captions, caption_max_template, norm, *_prob,
     strict_data, seed). Captions: see dgsnet.data.captions; CaptionsError when a captions file is in
     use and a caption is ambiguous or more than `caption_max_template` of the images get the template.
+    `pixel_budget` (megapixels, or "off") and `jpeg_draft` are FolderDataset's; not given, they are
+    taken from `cfg.pixel_budget` / `cfg.jpeg_draft` where the config has them (else
+    DGSNET_PIXEL_BUDGET or the machine default, and no draft mode).
     """
     root = Path(cfg.data)
     samples = find_samples(root)
@@ -37,19 +40,26 @@ def build_train_dataset(cfg, train: bool = True) -> FolderDataset:
     check_template_fraction(assigned, len(samples), root, file, cfg.caption_max_template)
     captions = assigned.captions
     augment = Augment.from_config(cfg) if train else None
+    if pixel_budget is None:
+        pixel_budget = getattr(cfg, "pixel_budget", None)
+    if jpeg_draft is None:
+        jpeg_draft = bool(getattr(cfg, "jpeg_draft", False))
     return FolderDataset(samples, captions, norm=cfg.norm, augment=augment, seed=cfg.seed,
-                         strict=cfg.strict_data, name=str(root), decode=getattr(cfg, "decode", "dgsnet"))
+                         strict=cfg.strict_data, name=str(root), decode=getattr(cfg, "decode", "dgsnet"),
+                         pixel_budget=pixel_budget, jpeg_draft=jpeg_draft)
 
 
 def build_eval_subsets(root, norm: str = "imagenet", captions=None, perturb: Perturbation | None = None,
                        strict: bool = False, patch_order: str = "raster", patch_seed: int = PUBLISHED_PATCH_SEED,
-                       decode: str = "dgsnet") -> list[tuple[str, FolderDataset]]:
+                       decode: str = "dgsnet", pixel_budget=None,
+                       jpeg_draft: bool = False) -> list[tuple[str, FolderDataset]]:
     """(subset name, dataset) per test generator under `root`, sorted by name; deterministic items.
 
     A root with 0_real/1_fake itself is one subset named after the folder;
     otherwise each child in the single-folder or ProGAN-style layout is a
-    subset. `perturb` degrades every image before patch selection; patch_order, patch_seed and
-    decode are FolderDataset's.
+    subset. `perturb` degrades every image before patch selection; patch_order, patch_seed,
+    decode, pixel_budget (megapixels, or "off"; None: DGSNET_PIXEL_BUDGET or the machine default)
+    and jpeg_draft are FolderDataset's.
     Captions are optional here (scoring does not use them): keys relative to `root`, absolute, or
     matched by path suffix; ambiguous or missing ones get the template, counted in one log line.
     A subset folder without images is skipped with a warning (an error if it is the only one).
@@ -81,6 +91,7 @@ def build_eval_subsets(root, norm: str = "imagenet", captions=None, perturb: Per
         texts, start = assigned.captions[start:start + len(samples)], start + len(samples)
         subsets.append((name, FolderDataset(samples, texts, norm=norm, perturb=perturb, strict=strict,
                                             name=f"{root}/{name}" if folder != root.resolve() else str(root),
-                                            patch_order=patch_order, patch_seed=patch_seed, decode=decode)))
+                                            patch_order=patch_order, patch_seed=patch_seed, decode=decode,
+                                            pixel_budget=pixel_budget, jpeg_draft=jpeg_draft)))
     report_captions(assigned.missing, start, root, file, assigned.exact, assigned.suffix, len(assigned.ambiguous))
     return subsets

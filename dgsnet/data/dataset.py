@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from typing import Sequence
 
 import torch
-from torch.utils.data import Dataset
+from torch._utils import ExceptionWrapper
+from torch.utils.data import Dataset, get_worker_info
 
-from dgsnet.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, load_rgb
+from dgsnet.imageio import (DEFAULT_MAX_PIXELS, ImageLoadError, PixelBudget, decoded, resolve_pixel_budget,
+                            worker_share)
 from dgsnet.preprocess import NORMS, PUBLISHED_PATCH_SEED, check_patch_order, layout_rng, normalize, select_patches
 
 from .augment import Augment, item_rng
@@ -16,6 +19,28 @@ from .layouts import Sample
 from .perturb import Perturbation
 
 log = logging.getLogger("dgsnet.data")
+
+
+class LoadFailure(ExceptionWrapper):
+    """What a DataLoader worker returns, under `strict`, for an unreadable image instead of raising.
+
+    Raising in a worker reaches the user as torch's "Caught ImageLoadError in DataLoader worker
+    process 0. Original Traceback ..." text. This marker travels to the main process instead
+    (dgsnet.train.trainer.collate hands it on as the batch), and because it is an ExceptionWrapper
+    the DataLoader calls `reraise()` there, which raises the original one-line ImageLoadError.
+    """
+
+    def __init__(self, error: ImageLoadError):
+        # no super().__init__: it would format the worker's traceback, which is what we avoid
+        self.exc_type, self.where = ImageLoadError, "in a DataLoader worker"
+        self.path, self.reason, self.fix = error.path, error.reason, error.fix
+        self.exc_msg = str(error)
+
+    def error(self) -> ImageLoadError:
+        return ImageLoadError(self.path, self.reason, self.fix)
+
+    def reraise(self):
+        raise self.error() from None
 
 
 class FolderDataset(Dataset):
@@ -27,12 +52,21 @@ class FolderDataset(Dataset):
     layout is `patch_order`: raster (deterministic), or shuffle (the
     published evaluation), seeded per file by dgsnet.preprocess.layout_rng.
     `decode` is dgsnet.imageio.load_rgb's (dgsnet, or pil as published).
+
+    Memory: `pixel_budget` (megapixels, or "off"; default DGSNET_PIXEL_BUDGET, else a share of the
+    machine's memory, see dgsnet.imageio) is resolved here, in the process that builds the
+    dataset, so a bad setting fails before any worker starts. Each DataLoader worker process
+    decodes one image at a time and takes total / num_workers of it as its per-image limit (the
+    main process, with num_workers=0, the whole of it): an image above the share is unreadable
+    (skipped, or ImageLoadError under `strict`). `jpeg_draft` decodes a JPEG above `max_pixels`
+    reduced (off by default, see dgsnet.imageio); such files are logged and listed in `reduced`.
     """
 
     def __init__(self, samples: Sequence[Sample], captions: Sequence[str], *, norm: str = "imagenet",
                  augment: Augment | None = None, perturb: Perturbation | None = None, seed: int = 0,
                  strict: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str = "",
-                 patch_order: str = "raster", patch_seed: int = PUBLISHED_PATCH_SEED, decode: str = "dgsnet"):
+                 patch_order: str = "raster", patch_seed: int = PUBLISHED_PATCH_SEED, decode: str = "dgsnet",
+                 pixel_budget=None, jpeg_draft: bool = False):
         if len(samples) != len(captions):
             raise ValueError(f"{len(samples)} samples but {len(captions)} captions")
         if norm not in NORMS:
@@ -44,30 +78,58 @@ class FolderDataset(Dataset):
         self.norm, self.augment, self.perturb = norm, augment, perturb
         self.seed, self.epoch, self.strict, self.max_pixels, self.name = seed, 0, strict, max_pixels, name
         self.patch_order, self.patch_seed, self.decode = check_patch_order(patch_order), patch_seed, decode
+        self.pixel_budget, self.budget_source = resolve_pixel_budget(pixel_budget)
+        self.jpeg_draft = bool(jpeg_draft)
         self.skipped: list[str] = []  # unreadable files met by this process
+        self.reduced: list[str] = []  # JPEGs this process decoded in draft mode (jpeg_draft)
+        self._budget_key, self._budget = None, None
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def __getstate__(self):
+        # a PixelBudget holds a lock; each process makes its own (spawned workers unpickle this)
+        return {**self.__dict__, "_budget_key": None, "_budget": None}
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def process_budget(self) -> PixelBudget | None:
+        """This process's per-image budget: the total split over the DataLoader's workers, set in the
+        worker itself (get_worker_info), so every loader built on this dataset gets it right."""
+        if self.pixel_budget is None:
+            return None
+        info = get_worker_info()
+        workers = info.num_workers if info is not None else 1
+        key = (os.getpid(), workers)  # a forked worker must not keep its parent's share
+        if self._budget_key != key:
+            share = worker_share(self.pixel_budget, workers)
+            where = f"{self.budget_source}, split over {workers} DataLoader worker(s)" if info is not None \
+                else self.budget_source
+            self._budget_key, self._budget = key, PixelBudget(share, where, split=workers > 1)
+        return self._budget
+
     def tile(self, index: int):
         """The 224x224x3 uint8 patch tile of item `index` (raises ImageLoadError for a bad file)."""
-        rgb = load_rgb(self.paths[index], max_pixels=self.max_pixels, decode=self.decode)
-        if self.perturb is not None:
-            rgb = self.perturb(rgb)
-        if self.augment is None:
-            return select_patches(rgb, layout_rng(self.patch_order, self.paths[index], self.patch_seed))
-        rng = item_rng(self.seed, self.epoch, index)
-        rgb = self.augment.before_selection(rgb, rng)
-        return self.augment.after_selection(select_patches(rgb, rng), rng)
+        path = self.paths[index]
+        # The reservation spans decoding and patch selection: both peak while the pixels are held.
+        with decoded(path, self.max_pixels, self.decode, budget=self.process_budget(),
+                     jpeg_draft=self.jpeg_draft, on_reduce=lambda name, *_: self.reduced.append(name)) as rgb:
+            if self.perturb is not None:
+                rgb = self.perturb(rgb)
+            if self.augment is None:
+                return select_patches(rgb, layout_rng(self.patch_order, path, self.patch_seed))
+            rng = item_rng(self.seed, self.epoch, index)
+            rgb = self.augment.before_selection(rgb, rng)
+            return self.augment.after_selection(select_patches(rgb, rng), rng)
 
     def __getitem__(self, index: int):
         try:
             tile = self.tile(index)
         except ImageLoadError as exc:
             if self.strict:
+                if get_worker_info() is not None:
+                    return LoadFailure(exc)  # raised in the main process, in one line (see LoadFailure)
                 raise
             self.skipped.append(self.paths[index])
             log.warning("skipped unreadable image (%d in %s so far): %s", len(self.skipped),
@@ -79,7 +141,7 @@ class FolderDataset(Dataset):
     def with_perturbation(self, perturb: Perturbation | None) -> "FolderDataset":
         """The same files and captions under another evaluation perturbation (no folder re-scan)."""
         clone = copy.copy(self)
-        clone.perturb, clone.skipped = perturb, []
+        clone.perturb, clone.skipped, clone.reduced = perturb, [], []
         return clone
 
     def counts(self) -> tuple[int, int]:

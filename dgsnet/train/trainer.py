@@ -43,12 +43,30 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
 
 
 def collate(samples: list) -> tuple | None:
-    """Stacks (image, label, caption, path) samples; drops None (an unreadable image was skipped)."""
+    """Stacks (image, label, caption, path) samples; drops None (an unreadable image was skipped).
+
+    A sample that is a deferred error (an ExceptionWrapper, e.g. dgsnet.data.dataset.LoadFailure:
+    an unreadable image under --strict-data in a DataLoader worker) becomes the batch: the
+    DataLoader re-raises it in the main process, as the original one-line error; outside a worker
+    it is raised here.
+    """
+    failed = _deferred_error(samples)
+    if failed is not None:
+        if torch.utils.data.get_worker_info() is None:
+            failed.reraise()
+        return failed
     samples = [s for s in samples if s is not None]
     if not samples:
         return None
     images, labels, captions, paths = zip(*samples)
     return torch.stack(images), torch.as_tensor(labels, dtype=torch.float32), list(captions), list(paths)
+
+
+def _deferred_error(samples: list):
+    """The first sample that is a deferred error (torch's ExceptionWrapper), else None."""
+    from torch._utils import ExceptionWrapper
+
+    return next((s for s in samples if isinstance(s, ExceptionWrapper)), None)
 
 
 def build_dataset(cfg: TrainConfig, train: bool = True) -> Dataset:
@@ -125,7 +143,8 @@ class StageTrainer:
             self.ddp = wrap(branch, self.ctx, self.device)
         # Dropout differs per rank (the model itself was built identically on every rank).
         torch.manual_seed(cfg.seed * 7919 + 1 + self.rank)
-        self.lam, self.eps = objective_scaling(cfg.lam, cfg.eps, self.world)
+        # k micro-batches of b rows make one batch of k*b as W processes do (docs/method.md, 2.9)
+        self.lam, self.eps = objective_scaling(cfg.lam, cfg.eps, self.world * cfg.accum)
 
     # -- resume -----------------------------------------------------------------------------
     def resume(self, allow_changes: bool = False) -> bool:
@@ -404,14 +423,29 @@ def _load_finished(cfg: TrainConfig, stage: int) -> DGSNetModel:
     return model
 
 
+def _check_run_dir_path(cfg: TrainConfig) -> None:
+    """--out must be a folder this run can create, apart from the data it reads."""
+    from dgsnet_export.outputs import check_creatable
+
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise FileExistsError(f"--out {cfg.out} is a file; a run writes a folder: choose a folder name")
+    check_creatable(os.path.join(cfg.out, ckpt.META_FILE))
+    if cfg.data:
+        for out, data in ((os.path.abspath(cfg.out), os.path.abspath(cfg.data)),
+                          (os.path.realpath(cfg.out), os.path.realpath(cfg.data))):
+            if os.path.commonpath([out, data]) == data:
+                raise ValueError(f"--out {cfg.out} is inside the training data {cfg.data} (--data); "
+                                 "choose a run folder outside it")
+
+
 def _prepare_run_dir(cfg: TrainConfig, resume: bool) -> None:
+    _check_run_dir_path(cfg)
     if _finished(cfg) and not resume:
         raise FileExistsError(f"{cfg.out} already holds a finished run ({ckpt.META_FILE}); "
                               "choose another --out (nothing was overwritten)")
     if not resume and ckpt.find_resume(cfg.out):
         raise FileExistsError(f"{cfg.out} holds an unfinished run; continue it with --resume "
                               "or choose another --out")
-    os.makedirs(cfg.out, exist_ok=True)
 
 
 def _run_stage(cfg: TrainConfig, stage: int, dataset: Dataset | None, resume: bool,
@@ -422,12 +456,15 @@ def _run_stage(cfg: TrainConfig, stage: int, dataset: Dataset | None, resume: bo
         return _load_finished(cfg, stage)
     if ctx.is_main:
         _prepare_run_dir(cfg, resume)
+    # Bad data fails before the model loads, and before the run folder exists.
+    dataset = dataset if dataset is not None else build_dataset(cfg)
+    if ctx.is_main:
+        os.makedirs(cfg.out, exist_ok=True)
     ctx.barrier()
     torch.manual_seed(cfg.seed)
     model = DGSNetModel(cfg.backbone(), cfg.lora())
     if stage == 2:
         load_teacher_head(model, cfg.teacher)
-    dataset = dataset if dataset is not None else build_dataset(cfg)
     trainer = StageTrainer(cfg, stage, model, dataset, ctx)
     if resume and not trainer.resume(allow_changes):
         trainer.log.info(f"--resume: no checkpoint in {cfg.out}; starting from the beginning")
