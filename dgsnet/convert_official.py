@@ -582,6 +582,7 @@ def convert_official(path: str, out: str, stage1: str | None = None, lora_alpha:
     """A published checkpoint -> a dgsnet run directory at `out`; see the module docstring."""
     from dgsnet.models import LoRAConfig
 
+    _prepare_out(out)  # before the (large) checkpoint is read: a taken --out fails in a second, not minutes
     state = read_checkpoint(path)
     layout = detect_layout(state, path)
     if layout == "stage1":

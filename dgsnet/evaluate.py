@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from dgsnet.io import printable
 from dgsnet.metrics import subset_metrics
 
 log = logging.getLogger("dgsnet.evaluate")
@@ -85,6 +86,7 @@ def evaluate_detector(detector: torch.nn.Module, data_root: str, *, norm: str = 
     for condition, perturb in conditions:
         rows, kept = [], []
         for name, dataset in subsets:
+            name = printable(name)  # a folder name that is not UTF-8 still makes valid CSV/JSON/markdown
             s = score_dataset(detector, dataset.with_perturbation(perturb), device, batch_size, workers,
                               desc=f"{condition}/{name}")
             s.name = name
@@ -110,15 +112,40 @@ def evaluate_checkpoint(run_dir: str, data_root: str, *, out_dir: str | None = N
 
     if not os.path.isdir(data_root):
         raise FileNotFoundError(f"--data {data_root}: no such folder")
+    out_dir = out_dir or os.path.join(run_dir, "eval", os.path.basename(os.path.normpath(data_root)))
+    check_report_dir(out_dir, run_dir, data_root, multi=bool(perturbations), plot=plot)  # before the model loads
     device = resolve_device(device)
     detector, meta, head = load_detector(run_dir, head, device, pretrained)
     result = evaluate_detector(detector, data_root, norm=meta.get("norm", "imagenet"),
                                perturbations=perturbations, captions=captions, batch_size=batch_size,
                                workers=workers, device=device, strict=strict, patch_order=patch_order,
                                patch_seed=patch_seed, decode=decode)
-    out_dir = out_dir or os.path.join(run_dir, "eval", os.path.basename(os.path.normpath(data_root)))
     layout = "raster" if patch_order == "raster" else f"shuffle (seed {patch_seed}, per file name)"
     setup = {"patch layout": layout, "decode": decode, "head": head}
     result.markdown, result.files = write_eval_report(out_dir, result.results, plot=plot, setup=setup)
     log.info("evaluated %s (%s head) on %s", run_dir, head, data_root)
     return result
+
+
+def check_report_dir(out_dir: str, run_dir: str, data_root: str, multi: bool = True, plot: bool = True) -> None:
+    """Refuses a report folder that is a file, or whose report files would replace a test image or a
+    file of the run (through links too); re-running into the same report folder is fine."""
+    from dgsnet_export.outputs import RUN_FILES, check_output
+
+    from dgsnet_export.outputs import check_creatable
+
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--out {out_dir} is a file; eval writes a folder of reports: choose a folder name")
+    check_creatable(os.path.join(out_dir, "eval.json"))
+    for a, b in ((os.path.abspath(out_dir), os.path.abspath(data_root)),
+                 (os.path.realpath(out_dir), os.path.realpath(data_root))):
+        if os.path.commonpath([a, b]) == b:  # its eval.png would be read as a test image next time
+            raise ValueError(f"--out {out_dir} is inside the test data {data_root} (--data); "
+                             "choose a report folder outside it")
+    protected = [(data_root, "the test data (--data)")]
+    protected += [(os.path.join(run_dir, name), "a file of the run (--ckpt)") for name in sorted(RUN_FILES)]
+    names = ["eval.csv", "eval.json"] + (["eval.png"] if plot else [])
+    if multi:
+        names += ["eval_robustness.csv"] + (["eval_robustness.png"] if plot else [])
+    for name in names:
+        check_output(os.path.join(out_dir, name), protected, f"report file {name} in --out")

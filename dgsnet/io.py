@@ -40,6 +40,15 @@ def atomic_write(path: str, data: bytes | str) -> None:
         raise
 
 
+def printable(text: str) -> str:
+    """`text` (a path or a folder name) as valid Unicode for reports, CSV and stdout: bytes of a file
+    name that are not UTF-8 (which Python keeps as surrogate escapes) are shown as \\xNN."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def read_json(path: str, what: str) -> dict:
     """A JSON object from `path`, or one ValueError naming the file."""
     try:

@@ -1,7 +1,7 @@
 """Where a command may write: never over its own inputs, and never half a file.
 
 `check_output(out, inputs, what)` runs before any model is loaded: it refuses an
-output path that is (or resolves to, through symbolic or hard links) an input
+output path that cannot be created (under a file, in a read-only folder), that is (or resolves to, through symbolic or hard links) an input
 file or the model, an existing file inside an input folder or the run
 directory (a new file there is fine, except the run's own file names), or an
 existing directory. `atomic_sink(out)` opens a temporary file next to
@@ -74,6 +74,20 @@ def _would_destroy(out: str, folder: str, out_stat) -> bool:
     return parts[0] in RUN_FOLDERS or (len(parts) == 1 and parts[0] in RUN_FILES)
 
 
+def check_creatable(path, what: str = "--out", *, option: str = "--out") -> None:
+    """Refuses a path that cannot be created: a component of it is a file, or the deepest existing
+    folder is not writable. Checked before any work, so the error is not met after an hour's run."""
+    path = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(path)
+    while not os.path.lexists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise OutputError(f"{what} {path}: {folder} is a file, not a folder; choose another {option}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} {path}: the folder {folder} is not writable by this user; "
+                          f"choose another {option} or fix the folder's permissions")
+
+
 def check_output(out, inputs: Iterable, what: str = "--out", *, option: str = "--out") -> None:
     """Raises OutputError if writing `out` could destroy one of `inputs`, or if `out` is a directory.
 
@@ -87,6 +101,7 @@ def check_output(out, inputs: Iterable, what: str = "--out", *, option: str = "-
     fix = f"choose another {option}"
     if os.path.isdir(out):
         raise OutputError(f"{what} {out} is an existing directory; {fix} (a file name)")
+    check_creatable(out, what, option=option)
     out_abs, out_real = os.path.abspath(out), os.path.realpath(out)
     out_stat = _stat(out) or _stat(out_abs)  # "missing/../a.png" names a.png too
     linked = out_stat is not None and stat.S_ISREG(out_stat.st_mode) and out_stat.st_nlink > 1

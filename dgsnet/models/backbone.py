@@ -181,7 +181,7 @@ def create_clip(spec: BackboneSpec) -> nn.Module:
     cfg = model_config(spec)
     pretrained = spec.pretrained
     if is_weights_file(pretrained) and not os.path.isfile(pretrained):
-        raise FileNotFoundError(f"pretrained weights file {pretrained} does not exist; give an "
+        raise FileNotFoundError(f"pretrained weights file {pretrained} does not exist or is not a regular file; give an "
                                 "open_clip tag (e.g. openai) or an existing local file")
     quick_gelu = resolve_activation(spec) == "quick_gelu"
     torch.manual_seed(spec.init_seed)  # random init (and any random head) is reproducible
