@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -24,7 +25,9 @@ def _cmd_train(args, stage: int) -> int:
     from dgsnet.train.distributed import from_env
 
     cfg = config_from_args(args)
+    args.run_dir = cfg.out  # --out or the config file's: where an interrupt's note looks
     ctx = from_env()  # torchrun sets WORLD_SIZE/RANK; a plain run is one process
+    # A checkpoint write cut short removes its own staging folder (dgsnet.train.checkpoint.write_resume).
     (train_teacher if stage == 1 else train_dgs)(cfg, resume=args.resume, ctx=ctx,
                                                  allow_changes=args.allow_config_change)
     if ctx.enabled:
@@ -43,9 +46,12 @@ def _cmd_eval(args) -> int:
                                  perturbations=args.perturb, captions=args.captions,
                                  batch_size=args.batch_size, workers=args.workers, device=args.device,
                                  strict=args.strict, plot=not args.no_plot, pretrained=args.pretrained,
+                                 pixel_budget=args.pixel_budget, jpeg_draft=args.jpeg_draft,
                                  **layout_options(args))
     print(result.markdown)
-    print("\n".join(f"{kind}: {path}" for kind, path in result.files.items()), file=sys.stderr)
+    from dgsnet.io import printable  # a folder name that is not UTF-8 is shown with \xNN escapes
+
+    print("\n".join(f"{kind}: {printable(str(path))}" for kind, path in result.files.items()), file=sys.stderr)
     return 0
 
 
@@ -70,9 +76,13 @@ def _add_eval_parser(sub) -> None:
                    help="confirm the backbone weights file the run names when it lies outside the run "
                         "directory (a checkpoint's paths are not followed on their own)")
     p.add_argument("--no-plot", action="store_true", help="no PNG charts")
-    from dgsnet_export.cli import add_layout_arguments
+    from dgsnet_export.cli import add_layout_arguments, add_memory_arguments
 
     add_layout_arguments(p)
+    add_memory_arguments(p)
+    p.add_argument("--jpeg-draft", action="store_true",
+                   help="decode a JPEG over the 100 MP bomb limit at 1/2..1/8 scale (it is resampled, so its "
+                        "score is not the full-size one) instead of skipping it")
     p.set_defaults(func=_cmd_eval)
 
 
@@ -114,16 +124,64 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _train_note(args) -> str:
+    """Where an interrupted training run stands: its last checkpoint and how to continue."""
+    run_dir = getattr(args, "run_dir", None)
+    if run_dir is None:  # stopped before the config was read
+        return "nothing was written"
+    from dgsnet.io import read_json
+    from dgsnet.train import checkpoint as ckpt
+
+    if os.path.isfile(os.path.join(run_dir, ckpt.META_FILE)):
+        return f"the run is finished: {os.path.join(run_dir, ckpt.META_FILE)} is written"
+    again = "run the same command again" if args.resume else "run the same command with --resume"
+    last = ckpt.find_resume(run_dir)
+    if last is None:
+        return (f"no checkpoint in {run_dir} yet (one is written every --ckpt-every steps and at each "
+                "epoch's end): run the same command again to start over")
+    step = read_json(os.path.join(last, "state.json"), "a resume state")["position"]["step"]
+    return f"the last checkpoint is {last} (step {step}); {again} to continue from it"
+
+
+def _outputs_note(args) -> str:
+    where = f" in --out {args.out}" if getattr(args, "out", None) else ""
+    return f"outputs{where} are written whole or not at all: finished files are complete, the others as they were"
+
+
+def _demo_note(args) -> str:
+    return (f"finished stages in {args.out} are kept; run the same command again to go on (an interrupted "
+            "training stage continues from its last checkpoint)")
+
+
+_INTERRUPT_NOTES = {"train-teacher": _train_note, "train": _train_note, "demo": _demo_note,
+                    "eval": _outputs_note, "export": _outputs_note, "predict": _outputs_note,
+                    "convert-official": _outputs_note}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
-        # Expected failures (bad input, wrong checkpoint, NaN loss) end with one clear line.
-        if getattr(args, "debug", False):
-            raise
-        print(f"dgsnet {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    """Runs one subcommand. Expected failures (bad input, wrong checkpoint, NaN loss, an output that
+    cannot be written) end with one line on stderr and exit status 2; Ctrl-C / SIGTERM with one line
+    saying what was kept, and 130 / 143 (see dgsnet_export.cli.run_command)."""
+    from dgsnet_export.cli import Command, file_state, output_note, run_command
+
+    command = Command("dgsnet", expected=(ValueError, RuntimeError))
+
+    def work() -> int:
+        args = build_parser().parse_args(argv)
+        command.prog, command.debug = f"dgsnet {args.command}", args.debug
+        note = _INTERRUPT_NOTES.get(args.command)
+        if note is not None:
+            command.on_interrupt = lambda: note(args)
+        if args.command == "predict" and args.out:  # one output file: say whether it was replaced
+            before = file_state(args.out)
+            command.on_interrupt = lambda: output_note(args.out, before)
+        try:
+            return args.func(args)
+        finally:  # named by a write error that carries no file name (a full disk)
+            out = getattr(args, "run_dir", None) or getattr(args, "out", None)
+            command.output = f"--out {out}" if out else None
+
+    return run_command(command, work)
 
 
 if __name__ == "__main__":

@@ -70,18 +70,20 @@ def evaluate_detector(detector: torch.nn.Module, data_root: str, *, norm: str = 
                       perturbations: str | list | None = None, captions: str | None = None,
                       batch_size: int = 64, workers: int = 0, device: str | torch.device = "cpu",
                       strict: bool = False, patch_order: str = "raster", patch_seed: int = 100,
-                      decode: str = "dgsnet") -> EvalResult:
+                      decode: str = "dgsnet", pixel_budget=None, jpeg_draft: bool = False) -> EvalResult:
     """Scores `detector` (images -> logits) on every subset of `data_root`, clean and perturbed.
 
     patch_order: raster (dgsnet's deterministic layout) or shuffle (the published evaluation's
-    shuffled layout, seeded per file); decode: dgsnet or pil (the published loader)."""
+    shuffled layout, seeded per file); decode: dgsnet or pil (the published loader); pixel_budget
+    (megapixels the workers decode at once) and jpeg_draft: see dgsnet.imageio."""
     from dgsnet.data import build_eval_subsets, parse_perturbations
 
     device = torch.device(device)
     detector = detector.to(device).eval()
     conditions = [("clean", None)] + [(p.name, p) for p in parse_perturbations(perturbations)]
     subsets = build_eval_subsets(data_root, norm=norm, captions=captions, strict=strict,
-                                 patch_order=patch_order, patch_seed=patch_seed, decode=decode)
+                                 patch_order=patch_order, patch_seed=patch_seed, decode=decode,
+                                 pixel_budget=pixel_budget, jpeg_draft=jpeg_draft)
     results, scores = {}, {}
     for condition, perturb in conditions:
         rows, kept = [], []
@@ -103,8 +105,8 @@ def evaluate_checkpoint(run_dir: str, data_root: str, *, out_dir: str | None = N
                         perturbations: str | list | None = None, captions: str | None = None,
                         batch_size: int = 64, workers: int = 2, device: str = "auto",
                         strict: bool = False, plot: bool = True, patch_order: str = "raster",
-                        patch_seed: int = 100, decode: str = "dgsnet",
-                        pretrained: str | None = None) -> EvalResult:
+                        patch_seed: int = 100, decode: str = "dgsnet", pretrained: str | None = None,
+                        pixel_budget=None, jpeg_draft: bool = False) -> EvalResult:
     """`dgsnet eval`: a run directory's detector on `data_root`; writes eval.{csv,json,png} to `out_dir`."""
     from dgsnet.device import resolve_device
     from dgsnet.predict import load_detector
@@ -119,7 +121,8 @@ def evaluate_checkpoint(run_dir: str, data_root: str, *, out_dir: str | None = N
     result = evaluate_detector(detector, data_root, norm=meta.get("norm", "imagenet"),
                                perturbations=perturbations, captions=captions, batch_size=batch_size,
                                workers=workers, device=device, strict=strict, patch_order=patch_order,
-                               patch_seed=patch_seed, decode=decode)
+                               patch_seed=patch_seed, decode=decode, pixel_budget=pixel_budget,
+                               jpeg_draft=jpeg_draft)
     layout = "raster" if patch_order == "raster" else f"shuffle (seed {patch_seed}, per file name)"
     setup = {"patch layout": layout, "decode": decode, "head": head}
     result.markdown, result.files = write_eval_report(out_dir, result.results, plot=plot, setup=setup)

@@ -172,7 +172,7 @@ def add_export_parser(sub) -> None:
 # ---------------------------------------------------------------- predict
 
 def cmd_predict(args) -> int:
-    from dgsnet_export import collect_inputs
+    from dgsnet_export.cli import collect_and_report
     from dgsnet_export.report import score_and_report
 
     from dgsnet.export_onnx import LABELS
@@ -183,7 +183,7 @@ def cmd_predict(args) -> int:
         from dgsnet_export.outputs import check_output
 
         check_output(args.out, [_run_dir_input(args.ckpt), *args.inputs], "--out")
-    found = collect_inputs(args.inputs)
+    found = collect_and_report(args.inputs, "dgsnet predict")  # prints what the walk skipped
     if not found.paths:
         raise FileNotFoundError(f"no image files in {' '.join(args.inputs)}")
     from dgsnet_export.cli import layout_options
@@ -194,7 +194,7 @@ def cmd_predict(args) -> int:
     tally = score_and_report(found, predictor.logits, predictor.preprocess, labels=LABELS,
                              threshold=args.threshold, batch_size=args.batch, workers=args.workers,
                              out=args.out, progress=not args.no_progress, prog="dgsnet predict",
-                             engine=engine)
+                             engine=engine, pixel_budget=args.pixel_budget)
     return 1 if tally.errors else 0
 
 
@@ -217,9 +217,10 @@ def add_predict_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--workers", type=int, help="threads decoding and preprocessing images (default: up to 4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    from dgsnet_export.cli import add_layout_arguments
+    from dgsnet_export.cli import add_layout_arguments, add_memory_arguments
 
     add_layout_arguments(p)
+    add_memory_arguments(p)
     p.set_defaults(func=cmd_predict)
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 # The runtime's reader defines the metadata format and the step names; the writer uses them.
+from dgsnet.io import new_file_mode
 from dgsnet_export.metadata import FORMAT as METADATA_FORMAT
 from dgsnet_export.metadata import NORMALIZE, PATCH_SELECTION
 
@@ -462,6 +463,7 @@ def _save_onnx(model, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".onnx")
     os.close(fd)
     try:
+        os.chmod(tmp, new_file_mode(str(path)))  # the umask's permissions, as every other output
         if weights > 1_800_000_000:
             onnx.save(model, tmp, save_as_external_data=True, location=path.name + ".data")
         else:
@@ -514,7 +516,9 @@ def export_detector(detector, out_path, *, metadata: dict, opset: int = DEFAULT_
 
     order = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
     fastpath = torch.backends.mha.get_fastpath_enabled()
-    with tempfile.TemporaryDirectory(prefix="dgsnet-export-") as tmp:
+    # On the output's disk: a full /tmp must not fail an export whose destination has room.
+    with tempfile.TemporaryDirectory(prefix=".tmp-dgsnet-export-",
+                                     dir=out_path.parent if out_path.parent.exists() else None) as tmp:
         raw = os.path.join(tmp, "raw.onnx")
         used, failures = None, []
         torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel has no ONNX form
@@ -524,6 +528,8 @@ def export_detector(detector, out_path, *, metadata: dict, opset: int = DEFAULT_
                     _run_exporter(graph, example, raw, opset=opset, exporter=name, input_name=input_name)
                     used = name
                     break
+                except OSError:  # a full disk or a size limit: the environment, not the exporter
+                    raise
                 except Exception as exc:  # noqa: BLE001 - reported with the other exporter's outcome
                     failures.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         finally:

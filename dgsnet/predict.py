@@ -62,7 +62,7 @@ class TorchPredictor:
         return out.reshape(-1).double().cpu().numpy()
 
     def predict_paths(self, inputs: Iterable, *, batch_size: int = 16, threshold: float = 0.5,
-                      workers: int | None = None, progress=None) -> Iterator[dict]:
+                      workers: int | None = None, progress=None, pixel_budget=None) -> Iterator[dict]:
         """The records `dgsnet_export.iter_predictions` gives, for files and folders."""
         from dgsnet_export import collect_inputs, iter_predictions
 
@@ -70,4 +70,5 @@ class TorchPredictor:
 
         found = collect_inputs(inputs)
         return iter_predictions(found.paths, self.logits, self.preprocess, labels=LABELS, threshold=threshold,
-                                batch_size=batch_size, workers=workers, progress=progress)
+                                batch_size=batch_size, workers=workers, progress=progress,
+                                pixel_budget=pixel_budget)

@@ -95,6 +95,7 @@ def progress_bar(total: int, enabled: bool, prog: str):
 
 def score_and_report(found, logits_fn, preprocess, *, labels: tuple[str, str], threshold: float,
                      batch_size: int, workers: int | None, out: str | None, progress: bool, prog: str,
+                     pixel_budget=None,
                      engine: str) -> Tally:
     """What both predict commands do once they have an engine: score `found` (an InputList) with a
     progress bar, write the JSON lines to `out` (or stdout) and print the summary line to stderr."""
@@ -106,7 +107,8 @@ def score_and_report(found, logits_fn, preprocess, *, labels: tuple[str, str], t
     start = time.perf_counter()
     try:
         records = iter_predictions(found.paths, logits_fn, preprocess, labels=labels, threshold=threshold,
-                                   batch_size=batch_size, workers=workers, progress=bar)
+                                   batch_size=batch_size, workers=workers, progress=bar,
+                                   pixel_budget=pixel_budget)
         tally = write_records(records, out, labels)
     finally:
         if bar is not None:

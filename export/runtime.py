@@ -46,12 +46,16 @@ def non_finite_message(path, logit: float) -> str:
             "the model or input is broken (re-export the model, or check the file)")
 
 
-def _load_and_preprocess(path: Path, preprocess: Callable[[np.ndarray], np.ndarray]):
-    """(sample, None) or (None, error message): a bad input never raises out of the batch."""
-    from dgsnet.imageio import ImageLoadError, load_rgb
+def _load_and_preprocess(path: Path, preprocess: Callable[[np.ndarray], np.ndarray], budget=None):
+    """(sample, None) or (None, error message): a bad input never raises out of the batch.
+
+    `budget` (a dgsnet.imageio.PixelBudget, or None): the image's pixels are reserved from before
+    decoding until preprocessing ends."""
+    from dgsnet.imageio import ImageLoadError, decoded
 
     try:
-        return preprocess(load_rgb(path, decode=getattr(preprocess, "decode", "dgsnet")), path=path), None
+        with decoded(path, decode=getattr(preprocess, "decode", "dgsnet"), budget=budget) as rgb:
+            return preprocess(rgb, path=path), None
     except ImageLoadError as exc:
         return None, str(exc)
     except ValueError as exc:  # an image the preprocessing cannot take (e.g. odd shape)
@@ -61,27 +65,33 @@ def _load_and_preprocess(path: Path, preprocess: Callable[[np.ndarray], np.ndarr
 def iter_predictions(paths: Iterable, logits_fn: Callable[[np.ndarray], np.ndarray],
                      preprocess: Callable[[np.ndarray], np.ndarray], *, labels=("real", "generated"),
                      threshold: float = 0.5, batch_size: int = 16, workers: int | None = None,
-                     progress=None) -> Iterator[dict]:
+                     progress=None, pixel_budget=None) -> Iterator[dict]:
     """One record per path, in order: {"path", "logit", "probability", "label"} or {"path", "error"}.
 
     Files are decoded and preprocessed on `workers` threads (PIL and numpy's FFT/BLAS
     release the GIL), then scored `batch_size` at a time by `logits_fn`
     ((B, ...) array -> (B,) logits). Unreadable files, and images the detector
     scores NaN or +/-inf, give an error record and the batch goes on.
-    `progress`: an object with update(n), e.g. a tqdm bar.
+    `progress`: an object with update(n), e.g. a tqdm bar. `pixel_budget`: megapixels the threads
+    may hold decoded at once ("off": no limit; None: DGSNET_PIXEL_BUDGET, else a share of this
+    machine's memory; see dgsnet.imageio.PixelBudget): an image waits until its pixels fit, one
+    larger than the whole budget is an error record.
     """
+    from dgsnet.imageio import PixelBudget
+
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
     paths = [Path(p) for p in paths]
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    budget = PixelBudget.for_pool(pixel_budget, workers)
     pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
     try:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
             if pool is not None:
-                loaded = list(pool.map(lambda p: _load_and_preprocess(p, preprocess), chunk))
+                loaded = list(pool.map(lambda p: _load_and_preprocess(p, preprocess, budget), chunk))
             else:
-                loaded = [_load_and_preprocess(p, preprocess) for p in chunk]
+                loaded = [_load_and_preprocess(p, preprocess, budget) for p in chunk]
             good = [i for i, (sample, _) in enumerate(loaded) if sample is not None]
             logits = np.zeros(0)
             if good:
@@ -313,9 +323,10 @@ class OnnxDetector:
         return np.concatenate(parts) if parts else np.zeros(0)
 
     def predict_paths(self, inputs: Iterable, *, batch_size: int = 16, threshold: float | None = None,
-                      workers: int | None = None, progress=None) -> Iterator[dict]:
+                      workers: int | None = None, progress=None, pixel_budget=None) -> Iterator[dict]:
         """Records for image files and folders (see iter_predictions and inputs.collect_inputs)."""
         found = collect_inputs(inputs)
         return iter_predictions(found.paths, self.logits, self.preprocess, labels=self.info.labels,
                                 threshold=self.info.threshold if threshold is None else threshold,
-                                batch_size=batch_size, workers=workers, progress=progress)
+                                batch_size=batch_size, workers=workers, progress=progress,
+                                pixel_budget=pixel_budget)

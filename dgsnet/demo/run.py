@@ -78,6 +78,14 @@ def _trained(run_dir: str) -> bool:
     return os.path.isfile(os.path.join(run_dir, "model.json"))
 
 
+def _interrupted(run_dir: str) -> bool:
+    """A stage stopped part-way (Ctrl-C, a kill): it continues from its last checkpoint, as
+    `--resume` does, instead of refusing the unfinished run folder."""
+    from dgsnet.train.checkpoint import find_resume
+
+    return find_resume(run_dir) is not None
+
+
 def run_demo(demo: DemoConfig) -> dict:
     """Runs the demo; returns {"acc": rows, "ap": rows, "files": {...}}. Reuses finished stages in `out`."""
     from dgsnet.evaluate import evaluate_detector
@@ -103,7 +111,7 @@ def run_demo(demo: DemoConfig) -> dict:
     teacher_dir = os.path.join(demo.out, "teacher")
     if not _trained(teacher_dir):
         _say("[2/4] stage 1: teacher probe on frozen CLIP features")
-        train_teacher(_train_config(demo, info.train_dir, out=teacher_dir))
+        train_teacher(_train_config(demo, info.train_dir, out=teacher_dir), resume=_interrupted(teacher_dir))
     # Said once above; every later model load would repeat the random-initialisation warning.
     logging.getLogger("dgsnet.models.backbone").setLevel(logging.ERROR)
     stage2 = {}
@@ -115,7 +123,8 @@ def run_demo(demo: DemoConfig) -> dict:
         stage2[method] = run_dir
         if not _trained(run_dir):
             _say(f"[3/4] stage 2: {method} (surgery={mode})")
-            train_dgs(_train_config(demo, info.train_dir, out=run_dir, teacher=teacher_dir, surgery=mode))
+            train_dgs(_train_config(demo, info.train_dir, out=run_dir, teacher=teacher_dir, surgery=mode),
+                      resume=_interrupted(run_dir))
 
     _say("[4/4] evaluation on every generator family")
     results = {}

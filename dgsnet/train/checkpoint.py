@@ -151,15 +151,19 @@ def write_resume(run_dir: str, model, optimizer, scheduler, stage: int, config: 
     final = os.path.join(run_dir, RESUME_DIR)
     tmp, old = final + ".tmp", final + ".old"
     shutil.rmtree(tmp, ignore_errors=True)
-    write_model(tmp, model, stage, config, position["step"], state=model_state)
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer_state or optimizer.state_dict())
-    rng = rng if rng is not None else rng_state()
-    atomic_write(os.path.join(tmp, "optimizer.safetensors"), save(_contiguous({
-        **opt_tensors, **{f"rng.{k}": v for k, v in rng.items()},
-        **{f"extra.{k}": v for k, v in (extra or {}).items()}})))
-    state = {"stage": stage, "position": position, "optimizer": opt_meta,
-             "scheduler": scheduler.state_dict() if scheduler is not None else None}
-    atomic_write(os.path.join(tmp, "state.json"), json.dumps(state, indent=2, default=float))
+    try:
+        write_model(tmp, model, stage, config, position["step"], state=model_state)
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer_state or optimizer.state_dict())
+        rng = rng if rng is not None else rng_state()
+        atomic_write(os.path.join(tmp, "optimizer.safetensors"), save(_contiguous({
+            **opt_tensors, **{f"rng.{k}": v for k, v in rng.items()},
+            **{f"extra.{k}": v for k, v in (extra or {}).items()}})))
+        state = {"stage": stage, "position": position, "optimizer": opt_meta,
+                 "scheduler": scheduler.state_dict() if scheduler is not None else None}
+        atomic_write(os.path.join(tmp, "state.json"), json.dumps(state, indent=2, default=float))
+    except BaseException:  # cut short (Ctrl-C, a full disk): resume/ still holds the last whole state
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if os.path.isdir(final):
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)

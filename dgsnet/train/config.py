@@ -51,6 +51,8 @@ class TrainConfig:
     resize_prob: float = 0.0  # probability of a random resize before patch selection
     workers: int = 2  # DataLoader worker processes
     strict_data: bool = False  # a bad image is an error instead of being skipped
+    pixel_budget: float | None = None  # megapixels decoded at once by all DataLoader workers (default: 25% of memory at 12 bytes/pixel); DGSNET_PIXEL_BUDGET also sets it
+    jpeg_draft: bool = False  # decode a JPEG over the 100 MP bomb limit at 1/2..1/8 scale (it is resampled) instead of skipping it
     decode: str = "dgsnet"  # dgsnet (EXIF rotation applied, alpha on white) or pil (published: PIL convert('RGB'))
     caption_max_template: float = 0.1  # error when a captions file is used and more than this fraction of images fall back to the template caption
     drop_last: bool = True  # drop an epoch's last partial batch (the published loader keeps it)
@@ -121,6 +123,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {self.betas}")
+        if self.pixel_budget is not None and not (math.isfinite(self.pixel_budget) and self.pixel_budget > 0):
+            raise ValueError(f"pixel_budget must be a number of megapixels > 0 (or unset for the default), "
+                             f"got {self.pixel_budget}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 (or unset for whole epochs), got {self.max_steps}")
         if self.pretrained in ("", "none", "None"):
@@ -178,7 +183,8 @@ class TrainConfig:
 
 #: Settings that only say how a run executes, not what it computes: a resumed run may change them.
 RUNTIME_ONLY = frozenset({"out", "workers", "log_every", "ckpt_every", "tensorboard", "caption_cache", "device",
-                          "backend", "compile", "strict_data", "fsdp", "preset"})
+                          "backend", "compile", "strict_data", "fsdp", "preset",
+                          "pixel_budget"})
 
 
 def result_changes(saved: dict, current: dict) -> dict[str, tuple]:
