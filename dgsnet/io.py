@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import tempfile
+import warnings
 
 
 def new_file_mode(existing: str | None = None) -> int:
@@ -79,10 +80,21 @@ def read_torch_state_dict(path: str, expected: str) -> dict:
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing a file
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - an unpickling refusal or a corrupt file
+        import pickle
+
+        if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):
+            # torch's own text runs to a dozen lines and suggests turning the protection off
+            refused = next((line.strip() for line in str(exc).splitlines() if "Unsupported global" in line), "")
+            raise ValueError(f"{path}: holds Python objects besides tensors, which could run code when "
+                             f"loaded, so it was not loaded{f' ({refused})' if refused else ''}; give "
+                             f"{expected}, or re-save its state_dict() with torch.save") from None
+        first = next((line for line in str(exc).splitlines() if line.strip()), "")
         raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True) "
-                         f"({type(exc).__name__}: {exc}); give {expected}") from None
+                         f"({type(exc).__name__}: {first}); give {expected}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

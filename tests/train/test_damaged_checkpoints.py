@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import pickle
 import struct
 
 import pytest
@@ -23,6 +24,14 @@ def good_run(tmp_path_factory):
         (images / label).mkdir(parents=True)
         Image.new("RGB", (64, 64), (10, 200, 30)).save(images / label / "a.png")
     return run, root / "test"
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # creates the marker file when unpickled
 
 
 def _meta_text(run):
@@ -50,12 +59,22 @@ def _damage(run, case):
         model.write_bytes(struct.pack("<Q", 2 ** 60) + b"{}")
     elif case == "tensors_missing":
         model.unlink()
+    elif case == "pretrained_pickle":  # a pickle that would run code if loaded without weights_only
+        (run / "weights.pt").write_bytes(pickle.dumps(_Exploit(str(run.parent / "pwned"))))
+        meta["backbone"]["pretrained"] = "weights.pt"
+        (run / ckpt.META_FILE).write_text(json.dumps(meta))
+        return "weights.pt"
+    elif case == "pretrained_folder":
+        (run / "weights.safetensors").mkdir()
+        meta["backbone"]["pretrained"] = "weights.safetensors"
+        (run / ckpt.META_FILE).write_text(json.dumps(meta))
+        return "weights.safetensors"
     return {"meta_not_json": ckpt.META_FILE, "meta_list": ckpt.META_FILE, "backbone_string": ckpt.META_FILE,
             "stage_missing": ckpt.META_FILE}.get(case, ckpt.MODEL_FILE)
 
 
 CASES = ["meta_not_json", "meta_list", "backbone_string", "stage_missing", "tensors_truncated", "tensors_empty",
-         "tensors_huge_header", "tensors_missing"]
+         "tensors_huge_header", "tensors_missing", "pretrained_pickle", "pretrained_folder"]
 
 
 def _digest(folder):
@@ -84,6 +103,7 @@ def test_damaged_checkpoint_gives_one_line_naming_the_file(good_run, tmp_path, c
     assert bad_file in err, err
     assert _digest(run) == before  # nothing in the run was changed
     assert not (tmp_path / "p.jsonl").exists() and not (tmp_path / "d.onnx").exists()
+    assert not (tmp_path / "pwned").exists()  # no code from a checkpoint ran
 
 
 def test_damaged_resume_state_is_named(tmp_path, capsys):
