@@ -45,7 +45,7 @@ class EvalResult:
 def score_dataset(detector: torch.nn.Module, dataset, device: torch.device, batch_size: int = 64,
                   workers: int = 0, desc: str = "") -> SubsetScores:
     """Probabilities of `generated` for every readable image of `dataset`, batched, with a progress bar."""
-    from dgsnet.train.trainer import collate
+    from dgsnet.data.dataset import collate
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate, pin_memory=device.type == "cuda")

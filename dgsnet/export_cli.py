@@ -175,7 +175,7 @@ def cmd_predict(args) -> int:
     from dgsnet_export.cli import collect_and_report
     from dgsnet_export.report import score_and_report
 
-    from dgsnet.export_onnx import LABELS
+    from dgsnet.models import LABELS
     from dgsnet.predict import TorchPredictor
 
     _check_run_dir(args.ckpt)

@@ -47,7 +47,6 @@ INPUT_SIZE = 224
 TRACE_BATCH = 2  # traced batch size; verification runs at others so a baked-in batch fails
 FLOAT32_ATOL = 1e-4  # max |onnx - torch| on logits, relative to max(1, max |logit|)
 FLOAT16_ATOL = 2e-2
-LABELS = ("real", "generated")  # index = label (1 = generated, DESIGN section 1)
 
 # ONNX ops (default domain) the TensorRT ONNX parser supports (onnx-tensorrt
 # docs/operators.md, TensorRT 8.6 - 10.x). LayerNormalization needs >= 8.6.
@@ -72,6 +71,12 @@ Upsample Where Xor
 # token broadcast to the batch). No opset older than both can hold the graph (torch's own floor is lower).
 GRAPH_OPS = ("Erf", "Expand")
 
+
+
+def _labels() -> tuple[str, str]:
+    from dgsnet.models import LABELS  # imported late: this module loads without torch until it exports
+
+    return LABELS
 
 def opset_range(exporter: str = "auto") -> tuple[int, int]:
     """(lowest, highest) ONNX opset `exporter` ('auto' | 'dynamo' | 'torchscript') can write a detector at,
@@ -225,7 +230,7 @@ def build_metadata(metadata: dict, *, precision: str, with_preprocessing: bool, 
         "preprocessing": json.dumps(steps),
         "input": json.dumps(graph_input),
         "outputs": json.dumps(list(OUTPUT_NAMES)),
-        "labels": json.dumps(list(LABELS)),
+        "labels": json.dumps(list(_labels())),
         "precision": precision,
         "opset": str(opset),
         "exporter": exporter,

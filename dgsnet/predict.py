@@ -66,7 +66,7 @@ class TorchPredictor:
         """The records `dgsnet_export.iter_predictions` gives, for files and folders."""
         from dgsnet_export import collect_inputs, iter_predictions
 
-        from dgsnet.export_onnx import LABELS
+        from dgsnet.models import LABELS
 
         found = collect_inputs(inputs)
         return iter_predictions(found.paths, self.logits, self.preprocess, labels=LABELS, threshold=threshold,

@@ -11,11 +11,11 @@ from dgsnet.preprocess import Preprocess, normalize, select_patches, select_patc
 from .augment import Augment, item_rng
 from .build import build_eval_subsets, build_train_dataset
 from .captions import CaptionsError, template_caption
-from .dataset import FolderDataset
+from .dataset import FolderDataset, collate
 from .layouts import LayoutError, Sample, find_samples, find_subsets
 from .perturb import Perturbation, parse_perturbations
 
 __all__ = ["Augment", "CaptionsError", "FolderDataset", "ImageLoadError", "LayoutError", "Perturbation",
-           "Preprocess", "Sample", "build_eval_subsets", "build_train_dataset", "find_samples", "find_subsets",
+           "Preprocess", "Sample", "build_eval_subsets", "build_train_dataset", "collate", "find_samples", "find_subsets",
            "item_rng", "load_rgb", "normalize", "parse_perturbations", "select_patches", "select_patches_loop",
            "template_caption"]

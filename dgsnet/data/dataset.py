@@ -26,7 +26,7 @@ class LoadFailure(ExceptionWrapper):
 
     Raising in a worker reaches the user as torch's "Caught ImageLoadError in DataLoader worker
     process 0. Original Traceback ..." text. This marker travels to the main process instead
-    (dgsnet.train.trainer.collate hands it on as the batch), and because it is an ExceptionWrapper
+    (`collate` below hands it on as the batch), and because it is an ExceptionWrapper
     the DataLoader calls `reraise()` there, which raises the original one-line ImageLoadError.
     """
 
@@ -148,3 +148,28 @@ class FolderDataset(Dataset):
         """(real, generated) image counts."""
         fake = sum(self.labels)
         return len(self.labels) - fake, fake
+
+
+def collate(samples: list) -> tuple | None:
+    """Stacks (image, label, caption, path) samples; drops None (an unreadable image was skipped).
+
+    A sample that is a deferred error (an ExceptionWrapper, e.g. dgsnet.data.dataset.LoadFailure:
+    an unreadable image under --strict-data in a DataLoader worker) becomes the batch: the
+    DataLoader re-raises it in the main process, as the original one-line error; outside a worker
+    it is raised here.
+    """
+    failed = _deferred_error(samples)
+    if failed is not None:
+        if get_worker_info() is None:
+            failed.reraise()
+        return failed
+    samples = [s for s in samples if s is not None]
+    if not samples:
+        return None
+    images, labels, captions, paths = zip(*samples)
+    return torch.stack(images), torch.as_tensor(labels, dtype=torch.float32), list(captions), list(paths)
+
+
+def _deferred_error(samples: list):
+    """The first sample that is a deferred error (torch's ExceptionWrapper), else None."""
+    return next((s for s in samples if isinstance(s, ExceptionWrapper)), None)

@@ -16,6 +16,8 @@ from dgsnet.models.lora import (LoRAConfig, apply_lora, count_parameters, lora_d
                                 lora_state_dict, strip_lora)
 
 HEADS = ("student_head", "teacher_head", "text_head")
+#: Names of the two classes, by label: 1 = generated (docs/method.md#6-labels-outputs-and-metrics).
+LABELS = ("real", "generated")
 
 
 class Detector(nn.Module):

@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader
 from dgsnet.data import Augment, Perturbation, build_train_dataset, item_rng, parse_perturbations
 from dgsnet.data.transforms import gaussian_blur, jpeg_recompress, rescale
 from dgsnet.train.config import TrainConfig
-from dgsnet.train.trainer import collate
+from dgsnet.data.dataset import collate
 
 from .trees import labelled_folder
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from dgsnet.data import FolderDataset, ImageLoadError, Sample, load_rgb
-from dgsnet.train.trainer import collate
+from dgsnet.data.dataset import collate
 
 
 def save(img, path, fmt=None, **kwargs):

@@ -13,7 +13,7 @@ from dgsnet import imageio
 from dgsnet.data import FolderDataset, ImageLoadError, Sample
 from dgsnet.imageio import (PIXEL_BUDGET_ENV, PixelBudget, PixelBudgetError, decoded, default_pixel_budget,
                             load_rgb, parse_pixel_budget, resolve_pixel_budget, worker_share)
-from dgsnet.train.trainer import collate
+from dgsnet.data.dataset import collate
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ from dgsnet.cli import main
 from dgsnet.data import FolderDataset, ImageLoadError, Sample
 from dgsnet.data.dataset import LoadFailure
 from dgsnet.evaluate import score_dataset
-from dgsnet.train.trainer import collate
+from dgsnet.data.dataset import collate
 
 from .trees import labelled_folder
 
