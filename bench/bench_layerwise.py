@@ -21,16 +21,12 @@ worst case), as a ratio to mode none.
 from __future__ import annotations
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch
 
-import torch  # noqa: E402
-
-from bench_surgery import add_threads_option, interleaved_times, set_threads  # noqa: E402
-from common import (base_parser, device_name, markdown_table, resolve_device,  # noqa: E402
-                    results_dir, write_results)
-from dgsnet.surgery import available_backends, project_params_, reference  # noqa: E402
+from common import (add_threads_option, base_parser, device_name, interleaved_times,
+                    markdown_table, resolve_device, results_dir, set_threads, write_results)
+from dgsnet.surgery import available_backends, project_params_, reference
 
 SHAPES = {"ViT-B/16": (12, 768), "ViT-L/14": (24, 1024)}
 
@@ -80,8 +76,7 @@ def bench_projection(device, dtype, rank, repeats, quick):
 
 def bench_training_step(device, model_name, batch, repeats, quick):
     from dgsnet.models import BackboneSpec, DGSNetModel, LoRAConfig
-    from dgsnet.surgery import dgs_objective
-    from dgsnet.train.layer_surgery import LayerSurgery
+    from dgsnet.surgery import LayerSurgery, dgs_objective
 
     torch.manual_seed(0)
     model = DGSNetModel(BackboneSpec(model_name, None), LoRAConfig()).to(device)

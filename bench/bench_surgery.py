@@ -20,17 +20,14 @@ reported too.
 from __future__ import annotations
 
 import os
-import statistics
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from common import (base_parser, device_name, markdown_table, peak_memory_bytes,  # noqa: E402
-                    resolve_device, results_dir, time_call, write_results)
-from dgsnet.surgery import available_backends, dgs_objective  # noqa: E402
+from common import (add_threads_option, base_parser, device_name, interleaved_times,
+                    markdown_table, peak_memory_bytes, resolve_device, results_dir, set_threads,
+                    write_results)
+from dgsnet.surgery import available_backends, dgs_objective
 
 BATCHES = (1, 32, 256, 4096)
 DIMS = (512, 768, 1024)
@@ -82,32 +79,6 @@ def copy_floor_fn(batch, dim, device, dtype):
     src = torch.empty(n, device=device, dtype=dtype)
     dst = torch.empty_like(src)
     return lambda: dst.copy_(src)
-
-
-def add_threads_option(parser):
-    parser.add_argument("--threads", type=int, default=None,
-                        help="intra-op CPU threads (default on the CPU: 1; on a shared machine "
-                             "OpenMP barriers of oversubscribed threads stall for whole time "
-                             "slices, which hits many-op baselines at random)")
-
-
-def set_threads(threads, device):
-    if threads is None and device.type == "cpu":
-        threads = 1
-    if threads is not None:
-        torch.set_num_threads(threads)
-
-
-def interleaved_times(fns, device, repeats, rounds):
-    """Median over `rounds` of each competitor's median time, the competitors taking turns,
-    so load changes on a shared machine hit every competitor alike."""
-    samples = {name: [] for name in fns}
-    for name, fn in fns.items():  # warm-up (and torch.compile) outside the timed rounds
-        time_call(fn, device, warmup=3, repeats=1)
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            samples[name].append(time_call(fn, device, warmup=1, repeats=repeats))
-    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def main(argv=None):

@@ -6,8 +6,9 @@
 - `time_call` is a median over repeats after warm-up, synchronising the GPU.
 - Results go to bench/results/<device>/<name>.json (plus a PNG where a plot
   helps), with the machine description, so they can be committed and compared.
-- `--quick` shrinks every sweep so the script runs in seconds (used by the
-  smoke test of the benchmarks); the default sweep is the one reported.
+- `--quick` shrinks every sweep so the script runs in seconds (a check by
+  hand that a script still runs; no test runs the benchmarks); the default
+  sweep is the one reported. docs/benchmarks.md describes every script.
 """
 from __future__ import annotations
 
@@ -78,6 +79,36 @@ def time_call(fn: Callable[[], object], device, warmup: int = 3, repeats: int = 
         synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def interleaved_times(fns: dict[str, Callable[[], object]], device, repeats: int,
+                      rounds: int) -> dict[str, float]:
+    """Median over `rounds` of each competitor's median time, the competitors taking turns,
+    so load changes on a shared machine hit every competitor alike."""
+    samples = {name: [] for name in fns}
+    for name, fn in fns.items():  # warm-up (and torch.compile) outside the timed rounds
+        time_call(fn, device, warmup=3, repeats=1)
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name].append(time_call(fn, device, warmup=1, repeats=repeats))
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op CPU threads (default on the CPU: 1; on a shared machine "
+                             "OpenMP barriers of oversubscribed threads stall for whole time "
+                             "slices, which hits many-op baselines at random)")
+
+
+def set_threads(threads: int | None, device) -> None:
+    """torch's intra-op threads: `threads`, or 1 on the CPU when not given (see add_threads_option)."""
+    import torch
+
+    if threads is None and getattr(device, "type", device) == "cpu":
+        threads = 1
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def peak_memory_bytes(fn: Callable[[], object], device) -> int | None:

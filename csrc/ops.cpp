@@ -1,17 +1,13 @@
 // Schema of every dgsnet op, in one place. Backends register their kernels
-// with TORCH_LIBRARY_IMPL in their own files; the Python side adds fake
-// (meta) kernels and autograd formulas (dgsnet/surgery/ops.py).
+// with TORCH_LIBRARY_IMPL in their own files (cpu/, cuda/; the autograd of
+// dgs_forward in autograd.cpp); the Python side adds the fake (meta) kernels
+// (dgsnet/surgery/backends/contract.py, registered by backends/extension.py).
+// The plain-PyTorch specification of every op is dgsnet/surgery/reference.py.
 #include <torch/library.h>
 #include <torch/extension.h>
 
 TORCH_LIBRARY(dgsnet, m) {
-  // out[i] = g[i] - <g[i], h[i]> h[i]: removes from each row of g its
-  // component along the row h[i] (norm below 1 because of the eps, zero where
-  // there is no harmful direction, so only part of it goes). The orthogonal suppression
-  // of DGS-Net applied to the gradient that reaches the features.
-  m.def("project_rows(Tensor g, Tensor h) -> Tensor");
-
-  // The whole DGS-Net stage-2 objective (docs/method.md#2-the-stage-2-objective) in one pass over
+  // The whole DGS-Net stage-2 objective (docs/method.md section 2) in one pass over
   // the rows. Heads are linear, so per row i with c = (sigmoid(z) - y) / B:
   //   coef[i]  = (c_S, c_T, c_X, 1 / (||relu(c_X w_x)|| + eps))
   //   harmful[i] = relu(c_X w_x) * coef[i, 3]
@@ -38,8 +34,8 @@ TORCH_LIBRARY(dgsnet, m) {
       "-> (Tensor grad_f, Tensor grad_heads)");
 
   // In place, for every pair (g_l, u_l):  g_l -= <g_l, u_l> / (||u_l||^2 + eps) * u_l.
-  // The parameter-space (per-layer) surgery of docs/method.md#3-per-layer-surgery-dgsnet-extension, over a whole
-  // list of tensors in a fixed number of passes.
+  // The parameter-space (per-layer) surgery of docs/method.md section 3, over a
+  // whole list of tensors in a fixed number of passes.
   m.def("project_params_(Tensor(a!)[] grads, Tensor[] dirs, float eps) -> ()");
 }
 

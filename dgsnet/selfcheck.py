@@ -12,7 +12,7 @@ import time
 import torch
 from torch import nn
 
-from dgsnet import _ext
+from dgsnet.surgery.backends import extension as _ext
 from dgsnet.surgery import dgs_objective, resolve_backend
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "model_configs")

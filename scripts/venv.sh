@@ -37,4 +37,4 @@ if [ "$(cat "$VENV/.extension.sha" 2>/dev/null)" != "$want" ] || \
     --no-build-isolation --no-deps -e .
   echo "$want" > "$VENV/.extension.sha"
 fi
-echo "[venv] ready: $("$VENV/bin/python" -c 'import torch, dgsnet, dgsnet._ext as e; print(f"dgsnet {dgsnet.__version__}, torch {torch.__version__}, extension built with CUDA: {e.cuda_compiled()}")')"
+echo "[venv] ready: $("$VENV/bin/python" -c 'import torch, dgsnet, dgsnet.surgery.backends.extension as e; print(f"dgsnet {dgsnet.__version__}, torch {torch.__version__}, extension built with CUDA: {e.cuda_compiled()}")')"

@@ -1,7 +1,13 @@
-"""DGS-Net gradient surgery: the objective, its reference math, the fused kernels' dispatch."""
-from dgsnet.surgery.objective import MODES, VARIANTS, DGSLoss, dgs_objective
-from dgsnet.surgery.ops import (BACKENDS, available_backends, project_params_, project_rows,
-                                resolve_backend)
+"""DGS-Net gradient surgery (docs/method.md sections 2 and 3).
 
-__all__ = ["BACKENDS", "MODES", "VARIANTS", "DGSLoss", "available_backends", "dgs_objective",
-           "project_params_", "project_rows", "resolve_backend"]
+    reference.py   the math: the whole specification in plain PyTorch (start here)
+    objective.py   dgs_objective: checks its inputs, runs the objective on a backend
+    layer.py       per-layer (parameter-space) surgery: project_params_, LayerSurgery
+    backends/      the kernel backends (cpp and cuda from csrc/, triton) and their dispatch
+"""
+from dgsnet.surgery.backends import BACKENDS, available_backends, resolve_backend
+from dgsnet.surgery.layer import LayerSurgery, project_params_
+from dgsnet.surgery.objective import MODES, VARIANTS, DGSLoss, dgs_objective
+
+__all__ = ["BACKENDS", "MODES", "VARIANTS", "DGSLoss", "LayerSurgery", "available_backends",
+           "dgs_objective", "project_params_", "resolve_backend"]

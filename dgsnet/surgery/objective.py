@@ -1,36 +1,31 @@
-"""The DGS-Net stage-2 objective with gradient surgery (docs/method.md#2-the-stage-2-objective).
+"""dgs_objective: checks its inputs, then runs the stage-2 objective on a backend.
 
-`dgs_objective` returns a loss whose backward delivers, into whatever produced
-the student features, the surgically modified gradient G_tilde, and ordinary
-gradients into the student and text heads (none into the teacher head).
-
-backend="reference" runs the plain-PyTorch formulation below (the
-specification); every other backend runs the fused op pair of
-dgsnet.surgery.fused, which must agree with it.
+The math is dgsnet/surgery/reference.py (docs/method.md section 2):
+backend="reference" runs `reference.objective` as written, and cpp, cuda and
+triton run the fused op pair of dgsnet.surgery.backends (backends/fused.py),
+which must agree with it. Nothing else happens here.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from dgsnet.surgery import fused, ops, reference
+from dgsnet.surgery import backends, reference
+from dgsnet.surgery.backends import fused
+from dgsnet.surgery.reference import MODES, VARIANTS
 
-MODES = ("none", "feature", "layer", "both")
-# "published": project the sum of the task and alignment gradients (the
-# published code). "paper": project the task gradient, then add alignment
-# (the paper's figure).
-VARIANTS = ("published", "paper")
+__all__ = ["MODES", "VARIANTS", "DGSLoss", "dgs_objective"]
 
 
 @dataclass
 class DGSLoss:
     """The total loss (backpropagate this) and each term, for logging.
 
-    `harmful` is h_hat (B, D), a constant: the per-row unit harmful direction,
-    used by the parameter-space (layer) surgery. Zero rows mean no projection.
+    `harmful` is h (B, D), a constant: the per-row harmful direction of
+    docs/method.md section 2.2, used by the per-layer surgery (section 3).
+    Zero rows mean no projection.
     """
 
     total: torch.Tensor
@@ -45,25 +40,6 @@ class DGSLoss:
         names = ("total", "img", "text", "align", "teacher")
         values = torch.stack([getattr(self, n).detach().float() for n in names]).tolist()
         return dict(zip(names, values))
-
-
-class _ProjectGrad(torch.autograd.Function):
-    """Identity forward; backward removes each row's component along h (constant)."""
-
-    @staticmethod
-    def forward(ctx, feats, harmful):
-        ctx.save_for_backward(harmful)
-        return feats.view_as(feats)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (harmful,) = ctx.saved_tensors
-        return reference.project_rows(grad, harmful), None
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    # Half types are promoted: the surgery's reductions need float32 accumulation.
-    return torch.promote_types(dtype, torch.float32)
 
 
 def _head_params(head: nn.Module, name: str, dim: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -145,55 +121,17 @@ def dgs_objective(
     if not lam >= 0:
         raise ValueError(f"lam must be a number >= 0, got {lam}")
     _validate(student_feats, teacher_feats, text_feats, labels, check_labels)
-    batch, dim = student_feats.shape
-    w_s, b_s = _head_params(student_head, "student_head", dim)
-    w_t, b_t = _head_params(teacher_head, "teacher_head", dim)
-    w_x, b_x = _head_params(text_head, "text_head", dim)
-    backend = ops.resolve_backend(backend, student_feats.device)
+    dim = student_feats.shape[1]
+    heads = (_head_params(student_head, "student_head", dim),
+             _head_params(teacher_head, "teacher_head", dim),
+             _head_params(text_head, "text_head", dim))
+    backend = backends.resolve_backend(backend, student_feats.device)
 
-    dtype = _compute_dtype(student_feats.dtype)
-    if backend != "reference":
-        total, loss_img, loss_text, loss_align, loss_teacher, harmful = fused.fused_objective(
-            student_feats, teacher_feats, text_feats, labels, ((w_s, b_s), (w_t, b_t), (w_x, b_x)),
-            lam, eps, mode, variant, backend, dtype)
-        return DGSLoss(total=total, img=loss_img, text=loss_text, align=loss_align,
-                       teacher=loss_teacher, harmful=harmful)
-
-    feats = student_feats.to(dtype)
-    y = labels.detach().to(dtype)
-
-    def logits(x, w, b):
-        return F.linear(x, w.to(dtype), None if b is None else b.to(dtype)).squeeze(1)
-
-    with torch.no_grad():
-        z_t = logits(teacher_feats.detach().to(dtype), w_t.detach(), None if b_t is None else b_t.detach())
-        loss_teacher = F.binary_cross_entropy_with_logits(z_t, y)
-    z_x = logits(text_feats.detach().to(dtype), w_x, b_x)
-    loss_text = F.binary_cross_entropy_with_logits(z_x, y)
-
-    with torch.no_grad():
-        g_x = reference.bce_feature_grad(z_x.detach(), y, w_x.detach().to(dtype))
-        harmful = reference.harmful_direction(g_x, eps)
-        if mode == "none":
-            beneficial = None
-        else:
-            g_t = reference.bce_feature_grad(z_t, y, w_t.detach().to(dtype))
-            beneficial = reference.beneficial_direction(g_t)
-
-    project = mode in ("feature", "both")
-    if project and variant == "published":
-        task_feats = align_feats = _ProjectGrad.apply(feats, harmful)
-    elif project:
-        task_feats, align_feats = _ProjectGrad.apply(feats, harmful), feats
+    if backend == "reference":
+        terms = reference.objective(student_feats, teacher_feats, text_feats, labels, heads, lam, eps,
+                                    mode, variant)
     else:
-        task_feats = align_feats = feats
-
-    loss_img = F.binary_cross_entropy_with_logits(logits(task_feats, w_s, b_s), y)
-    if beneficial is None:
-        loss_align = feats.new_zeros(())
-        total = loss_img + loss_text
-    else:
-        loss_align = (align_feats * beneficial).sum() / batch
-        total = loss_img + loss_text + lam * loss_align
-    return DGSLoss(total=total, img=loss_img, text=loss_text, align=loss_align,
-                   teacher=loss_teacher, harmful=harmful)
+        terms = fused.objective(backends.op(backend, "dgs_objective").forward, student_feats,
+                                teacher_feats, text_feats, labels, heads, lam, eps, mode, variant,
+                                backend)
+    return DGSLoss(*terms)

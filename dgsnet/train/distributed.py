@@ -11,7 +11,7 @@ How the DGS-Net math stays the single-process math on the global batch:
 - Feature surgery is per sample, so it runs locally, before the all-reduce.
 - Layer surgery needs the averaged gradient and the global u: those steps
   run under no_sync() and average gradients and u in one flat all-reduce,
-  then project (dgsnet.train.layer_surgery).
+  then project (dgsnet.surgery.layer).
 - Gradient accumulation: no_sync() on all but the last micro-batch, so one
   all-reduce per optimiser step.
 

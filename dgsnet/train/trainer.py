@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from dgsnet.data.dataset import collate
 from dgsnet.device import resolve_device
 from dgsnet.models import CaptionFeatureCache, DGSNetModel
 from dgsnet.surgery import dgs_objective
@@ -27,7 +28,7 @@ from dgsnet.train.config import TrainConfig, result_changes
 from dgsnet.train.distributed import (DistContext, TrainableBranch, gather_full, gather_optimizer_state,
                                       is_sharded, no_sync, objective_scaling, shard_encoder, shard_like,
                                       shard_optimizer_state, wrap)
-from dgsnet.train.layer_surgery import LayerSurgery
+from dgsnet.surgery.layer import LayerSurgery
 from dgsnet.train.logger import RunLogger, memory_mb
 from dgsnet.train.sampler import EpochBatchSampler
 
@@ -40,33 +41,6 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     if cfg.amp == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[cfg.amp]
-
-
-def collate(samples: list) -> tuple | None:
-    """Stacks (image, label, caption, path) samples; drops None (an unreadable image was skipped).
-
-    A sample that is a deferred error (an ExceptionWrapper, e.g. dgsnet.data.dataset.LoadFailure:
-    an unreadable image under --strict-data in a DataLoader worker) becomes the batch: the
-    DataLoader re-raises it in the main process, as the original one-line error; outside a worker
-    it is raised here.
-    """
-    failed = _deferred_error(samples)
-    if failed is not None:
-        if torch.utils.data.get_worker_info() is None:
-            failed.reraise()
-        return failed
-    samples = [s for s in samples if s is not None]
-    if not samples:
-        return None
-    images, labels, captions, paths = zip(*samples)
-    return torch.stack(images), torch.as_tensor(labels, dtype=torch.float32), list(captions), list(paths)
-
-
-def _deferred_error(samples: list):
-    """The first sample that is a deferred error (torch's ExceptionWrapper), else None."""
-    from torch._utils import ExceptionWrapper
-
-    return next((s for s in samples if isinstance(s, ExceptionWrapper)), None)
 
 
 def build_dataset(cfg: TrainConfig, train: bool = True) -> Dataset:

@@ -1,23 +1,19 @@
-"""Fused backends of dgs_objective (cpp here; cuda on a GPU) against the reference.
+"""Fused backends of dgs_objective from dgsnet._C (cpp here; cuda on a GPU) against the reference.
 
 Forward values (every loss term and the harmful direction) and backward
 (feature gradient, student and text head gradients, nothing for the teacher)
 under an arbitrary upstream gradient on each returned term.
 """
-import os
-import sys
-
 import pytest
 import torch
 
-from dgsnet import _ext
-from dgsnet.surgery import available_backends, dgs_objective, resolve_backend
+from dgsnet.surgery import dgs_objective
+from dgsnet.surgery.backends import extension
+from tests.surgery.fused_cases import TOL, Case, assert_rel_close, assert_same_results, run
 
-sys.path.insert(0, os.path.dirname(__file__))
-from fused_cases import TOL, Case, assert_rel_close, assert_same_results, run  # noqa: E402
-
-needs_ext = pytest.mark.skipif(not _ext.available(), reason=f"dgsnet._C not built: {_ext.LOAD_ERROR}")
-needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and _ext.cuda_compiled()),
+needs_ext = pytest.mark.skipif(not extension.available(),
+                               reason=f"dgsnet._C not built: {extension.LOAD_ERROR}")
+needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and extension.cuda_compiled()),
                                 reason="needs a CUDA device and dgsnet._C built with CUDA")
 
 
@@ -198,14 +194,6 @@ def test_dgs_forward_rejects_bad_arguments():
     half = [a.half() if i < 3 else a.float() if torch.is_tensor(a) else a for i, a in enumerate(args)]
     with pytest.raises(RuntimeError, match="float32 or float64"):
         torch.ops.dgsnet.dgs_forward(*half)
-
-
-def test_auto_picks_the_fastest_available_backend():
-    cpu = torch.device("cpu")
-    assert resolve_backend("auto", cpu) == ("cpp" if _ext.available() else "reference")
-    assert "reference" in available_backends(cpu)
-    if _ext.available():
-        assert "cpp" in available_backends(cpu)
 
 
 @needs_cuda

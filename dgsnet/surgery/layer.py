@@ -1,16 +1,20 @@
-"""Per-layer gradient surgery in parameter space: dgsnet's EXTENSION of DGS-Net.
+"""Per-layer (parameter-space) surgery: dgsnet's EXTENSION of DGS-Net (docs/method.md section 3).
 
 Neither the paper nor the published code has it (they project the gradient
 of the features only: `--surgery feature`); `--surgery layer` and `both`
 are dgsnet's own, offered for experiments.
 
-For each LoRA tensor theta_l, u_l = d/d theta_l sum_i <f_i, h_hat_i> is the
+For each LoRA tensor theta_l, u_l = d/d theta_l sum_i <f_i, h_i> is the
 parameter image of the harmful feature direction; the step's gradient g_l
-loses its component along u_l, so no single tensor's update moves the
-features along h_hat to first order.
+loses its component along u_l (reference.project_params_, the math), so no
+single tensor's update moves the features along h to first order.
+
+    project_params_  checks its arguments and runs the projection of a whole
+                     list of tensors on a backend (one fused multi-tensor op)
+    LayerSurgery     computes u and applies the projection in the trainer
 
 u comes out of the main backward: the encoder is differentiated once with
-two stacked cotangents (dL/df and h_hat) through autograd's batched-gradient
+two stacked cotangents (dL/df and h) through autograd's batched-gradient
 path, so the extra cost is a wider backward, not a second forward. With
 `refresh` k > 1, u is recomputed every k optimiser steps and reused between.
 Over gradient accumulation, u is summed over the micro-batches (it is linear
@@ -21,23 +25,40 @@ from __future__ import annotations
 
 import torch
 
+from dgsnet.surgery import backends, reference
 
-def project_params_reference(grads: list[torch.Tensor], directions: list[torch.Tensor], eps: float) -> None:
-    """g_l <- g_l - <g_l, u_l> / (||u_l||^2 + eps) * u_l, per tensor, in place."""
-    for g, u in zip(grads, directions):
-        coeff = (g * u).sum() / ((u * u).sum() + eps)
-        g.sub_(coeff * u)
+__all__ = ["LayerSurgery", "project_params_"]
 
 
-def _project_params(grads, directions, eps, backend):
-    try:
-        from dgsnet.surgery import project_params_
-    except ImportError:  # the fused multi-tensor op is not available: the per-tensor loop
-        return project_params_reference(grads, directions, eps)
-    return project_params_(grads, directions, eps=eps, backend=backend)
+def project_params_(grads: list[torch.Tensor], directions: list[torch.Tensor], eps: float = 1e-12,
+                    backend: str = "auto") -> None:
+    """In place, for each pair: g_l <- g_l - <g_l, u_l> / (||u_l||^2 + eps) * u_l.
+
+    One fused multi-tensor op over the whole list (a fixed number of passes or
+    launches, whatever the number of tensors). All tensors share one device
+    and dtype and are contiguous; `backend="reference"` is the per-tensor loop
+    of reference.project_params_.
+    """
+    grads, directions = list(grads), list(directions)
+    if len(grads) != len(directions):
+        raise ValueError(f"project_params_: {len(grads)} gradients but {len(directions)} directions")
+    if not grads:
+        return
+    backend = backends.resolve_backend(backend, grads[0].device)
+    if backend == "reference":
+        reference.project_params_(grads, directions, eps)
+    else:
+        backends.op(backend, "project_params_").forward(grads, directions, float(eps))
 
 
 class LayerSurgery:
+    """The per-layer surgery of one training run over `params` (the LoRA tensors).
+
+    Each step: `backward` (instead of loss.backward()) fills .grad and, when
+    `wants_directions`, sums u; `finish_directions` adopts u (after an optional
+    cross-process mean); `project_` projects every .grad against its u.
+    """
+
     def __init__(self, params: list[torch.nn.Parameter], refresh: int = 1, eps: float = 1e-12,
                  backend: str = "auto"):
         self.params = list(params)
@@ -90,4 +111,4 @@ class LayerSurgery:
     def project_(self) -> None:
         grads = [p.grad for p in self.params if p.grad is not None]
         dirs = [u for p, u in zip(self.params, self.directions) if p.grad is not None]
-        _project_params(grads, dirs, self.eps, self.backend)
+        project_params_(grads, dirs, eps=self.eps, backend=self.backend)

@@ -1,19 +1,18 @@
-"""Parameter-space (per-layer) surgery, docs/method.md#3-per-layer-surgery-dgsnet-extension."""
+"""Per-layer (parameter-space) surgery, docs/method.md section 3: dgsnet.surgery.layer,
+and training with --surgery layer and both. (Its projection against the per-tensor
+reference: test_reference.py and backends/test_project_params.py.)"""
 import json
 import os
-import sys
 
 import pytest
 import torch
 
 from dgsnet.models import BackboneSpec, DGSNetModel, LoRAConfig, lora_modules
 from dgsnet.surgery import dgs_objective
+from dgsnet.surgery.layer import LayerSurgery
 from dgsnet.train import TrainConfig, train_dgs, train_teacher
 from dgsnet.train import checkpoint as ckpt
-from dgsnet.train.layer_surgery import LayerSurgery, project_params_reference
-
-sys.path.insert(0, os.path.dirname(__file__))
-from toy_data import ToyDataset  # noqa: E402
+from tests.train.toy_data import ToyDataset
 
 BASE = dict(model="dgs-tiny", pretrained=None, batch_size=8, workers=0, lr=2e-3, teacher_lr=2e-2,
             log_every=1, ckpt_every=2, lora_dropout=0.5)
@@ -87,18 +86,6 @@ def test_batched_backward_equals_two_separate_backward_passes():
         torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-14)
         torch.testing.assert_close(got_u, u, rtol=1e-10, atol=1e-14)
     assert model.student_head.weight.grad is not None
-
-
-def test_reference_projection_makes_each_gradient_orthogonal_to_its_direction():
-    gen = torch.Generator().manual_seed(1)
-    grads = [torch.randn(s, generator=gen, dtype=torch.float64) for s in [(6, 7), (7, 6), (5,)]]
-    dirs = [torch.randn(g.shape, generator=gen, dtype=torch.float64) for g in grads]
-    dirs[2].zero_()  # a zero direction leaves its gradient as it was
-    before = [g.clone() for g in grads]
-    project_params_reference(grads, dirs, eps=1e-30)
-    for g, u in zip(grads[:2], dirs[:2]):
-        assert abs((g * u).sum().item()) < 1e-12 * g.norm().item() * u.norm().item()
-    torch.testing.assert_close(grads[2], before[2], rtol=0, atol=0)
 
 
 @pytest.fixture(scope="module")

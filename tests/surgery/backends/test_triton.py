@@ -6,17 +6,12 @@ interpreter's block sizes (8 rows x 64 columns, 32 rows in the column pass).
 On a GPU the same tests run compiled, plus the full size grid.
 """
 import importlib.util
-import os
-import sys
 
 import pytest
 import torch
 
-from dgsnet.surgery import project_rows, reference
-from dgsnet.surgery.ops import triton_usable
-
-sys.path.insert(0, os.path.dirname(__file__))
-from fused_cases import TOL, Case, assert_same_results, run  # noqa: E402
+from dgsnet.surgery.backends import triton_usable
+from tests.surgery.fused_cases import TOL, Case, assert_same_results, run
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 usable, why = triton_usable(DEVICE)
@@ -93,22 +88,10 @@ def test_triton_op_registration():
             case.labels.to(DEVICE), w_s.to(DEVICE).requires_grad_(True), w_t.to(DEVICE),
             w_x.to(DEVICE).requires_grad_(True), b_s.to(DEVICE), b_t.to(DEVICE),
             b_x.to(DEVICE).requires_grad_(True), 0.2, 1e-6, True, True, True)
-    import dgsnet.kernels  # noqa: F401  (registers the ops)
+    import dgsnet.surgery.backends.triton  # noqa: F401  (registers the ops)
 
     torch.library.opcheck(torch.ops.dgsnet_triton.dgs_forward.default, args,
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_triton_project_rows(dtype):
-    g = torch.randn(11, 70, dtype=dtype)
-    h = torch.randn(11, 70, dtype=dtype)
-    h = h / h.norm(dim=1, keepdim=True)
-    h[3] = 0
-    got = project_rows(g.to(DEVICE), h.to(DEVICE), backend="triton").cpu()
-    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(got, reference.project_rows(g, h), **tol)
-    assert torch.equal(got[3], g[3])
 
 
 @pytest.mark.gpu

@@ -1,12 +1,12 @@
-"""The fused multi-tensor projection project_params_ (docs/method.md#3-per-layer-surgery-dgsnet-extension) against
+"""The fused multi-tensor projection project_params_ (docs/method.md section 3) against
 the per-tensor reference loop, for every available backend."""
 import importlib.util
 
 import pytest
 import torch
 
-from dgsnet import _ext
 from dgsnet.surgery import available_backends, project_params_, reference
+from dgsnet.surgery.backends import extension
 
 CPU = torch.device("cpu")
 GPU = torch.device("cuda") if torch.cuda.is_available() else None
@@ -79,7 +79,7 @@ def test_many_tensors(backend, device):
     check(backend, device, grads, dirs, 1e-12, torch.float32)
 
 
-@pytest.mark.skipif(not _ext.available(), reason="dgsnet._C not built")
+@pytest.mark.skipif(not extension.available(), reason="dgsnet._C not built")
 def test_cpp_rejects_mismatched_lists():
     with pytest.raises(RuntimeError, match="differ in shape"):
         torch.ops.dgsnet.project_params_([torch.zeros(3)], [torch.zeros(4)], 1e-12)
@@ -89,7 +89,7 @@ def test_cpp_rejects_mismatched_lists():
         project_params_([torch.zeros(3), torch.zeros(3)], [torch.zeros(3)], backend="cpp")
 
 
-@pytest.mark.skipif(not _ext.available(), reason="dgsnet._C not built")
+@pytest.mark.skipif(not extension.available(), reason="dgsnet._C not built")
 def test_cpp_project_params_op_registration():
     grads = [torch.randn(4, 3, dtype=torch.float64), torch.randn(5, dtype=torch.float64)]
     dirs = [torch.randn_like(g) for g in grads]
@@ -97,7 +97,7 @@ def test_cpp_project_params_op_registration():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(GPU is None or not _ext.cuda_compiled(), reason="needs CUDA and dgsnet._C with CUDA")
+@pytest.mark.skipif(GPU is None or not extension.cuda_compiled(), reason="needs CUDA and dgsnet._C with CUDA")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_cuda_half_gradients(dtype):
     grads, dirs = lora_like(2, 64, 6, torch.float32, seed=4)

@@ -1,6 +1,6 @@
-"""Triton kernels of the fused DGS objective and the row projection.
+"""Triton kernels of the fused DGS objective (dgsnet_triton::dgs_forward / dgs_backward).
 
-The same closed forms as csrc/cpu/dgs_objective.cpp (see dgsnet.surgery.fused):
+The same closed forms as csrc/cpu/dgs_objective.cpp (see dgsnet/surgery/backends/fused.py):
   forward  kernel 1, a program per tile of rows: the five row dot products
            (<f,w_S>, <f_T,w_T>, <t,w_X>, <f,min(w_T,0)>, <f,max(w_T,0)>),
            the per-row coefficients, loss terms and harmful rows;
@@ -256,33 +256,6 @@ def _backward_kernel(coef_ptr, sums_ptr, ws_ptr, wt_ptr, wx_ptr, dt_ptr, di_ptr,
                  mask=rmask[:, None] & cmask[None, :])
 
 
-@autotuned(_row_configs(), key=["D"], fallback=_ROW_FALLBACK)
-@triton.jit
-def _project_rows_kernel(g_ptr, h_ptr, out_ptr, B, D, BLOCK_B: tl.constexpr,
-                         BLOCK_D: tl.constexpr):
-    pid = tl.program_id(0)
-    rows = (pid * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
-    rmask = rows < B
-    cols0 = tl.arange(0, BLOCK_D)
-    dot = tl.zeros([BLOCK_B], dtype=tl.float32)
-    if g_ptr.dtype.element_ty == tl.float64:
-        dot = tl.zeros([BLOCK_B], dtype=tl.float64)
-    for d0 in range(0, D, BLOCK_D):
-        cols = d0 + cols0
-        m = rmask[:, None] & (cols < D)[None, :]
-        g = tl.load(g_ptr + rows[:, None] * D + cols[None, :], mask=m, other=0.0).to(dot.dtype)
-        h = tl.load(h_ptr + rows[:, None] * D + cols[None, :], mask=m, other=0.0).to(dot.dtype)
-        dot += tl.sum(g * h, axis=1)
-    for d0 in range(0, D, BLOCK_D):
-        cols = d0 + cols0
-        m = rmask[:, None] & (cols < D)[None, :]
-        g = tl.load(g_ptr + rows[:, None] * D + cols[None, :], mask=m, other=0.0).to(dot.dtype)
-        h = tl.load(h_ptr + rows[:, None] * D + cols[None, :], mask=m, other=0.0).to(dot.dtype)
-        out = g - dot[:, None] * h
-        tl.store(out_ptr + rows[:, None] * D + cols[None, :], out.to(out_ptr.dtype.element_ty),
-                 mask=m)
-
-
 def on_device(device: torch.device):
     """Triton launches on the current CUDA device: make it the tensors' one (cuda:1 and up)."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
@@ -346,17 +319,3 @@ def dgs_backward(coef, head_sums, w_s, w_t, w_x, d_total, d_img, d_text, d_align
             HAS_DA=d_align is not None, WITH_ALIGN=bool(with_align), PROJECT=bool(project),
             ALIGN_INSIDE=(not project) or bool(published))
     return grad_f, grad_heads
-
-
-def project_rows(g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """g_i - <g_i, h_i> h_i per row (same contract as torch.ops.dgsnet.project_rows)."""
-    if g.dim() != 2 or g.shape != h.shape or g.dtype != h.dtype:
-        raise ValueError(f"dgsnet_triton::project_rows: g {tuple(g.shape)} {g.dtype} and h "
-                         f"{tuple(h.shape)} {h.dtype} must be (rows, dim) of one shape and dtype")
-    g, h = g.contiguous(), h.contiguous()
-    out = torch.empty_like(g)
-    rows, dim = g.shape
-    if g.numel():
-        with on_device(g.device):
-            _project_rows_kernel[lambda m: (triton.cdiv(rows, m["BLOCK_B"]),)](g, h, out, rows, dim)
-    return out

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from dgsnet.kernels.dgs_objective import autotuned, on_device
+from dgsnet.surgery.backends.triton.dgs_objective import autotuned, on_device
 
 CHUNK = 16384
 

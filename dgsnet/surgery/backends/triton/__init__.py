@@ -1,9 +1,13 @@
-"""Triton kernels of the surgery ops, registered as torch custom ops dgsnet_triton::*.
+"""The Triton backend: the surgery ops as torch custom ops dgsnet_triton::*.
 
-The ops mirror the C++ ones of dgsnet::* (schemas in csrc/ops.cpp) with the
-same fake kernels and autograd formulas (dgsnet.surgery.ops), so autograd and
-torch.compile see them alike. Importing this module needs triton; on CPU
-tensors the kernels run only under TRITON_INTERPRET=1 (tests).
+They mirror the C++ ops dgsnet::* (schemas in csrc/ops.cpp) with the same fake
+kernels and autograd formula (backends/contract.py), so autograd and
+torch.compile see them alike. Importing this package needs triton and
+registers the backend "triton" (backends/registry.py). On CPU tensors the
+kernels run only under TRITON_INTERPRET=1 (tests).
+
+    dgs_objective.py   the fused objective: forward and backward kernels
+    project_params.py  the multi-tensor projection of the per-layer surgery
 """
 from __future__ import annotations
 
@@ -11,16 +15,11 @@ from typing import Optional
 
 import torch
 
-from dgsnet.kernels import dgs_objective as _obj
-from dgsnet.kernels import project_params as _pp
-from dgsnet.surgery import ops as _ops
+from dgsnet.surgery.backends import contract, registry
+from dgsnet.surgery.backends.triton import dgs_objective as _obj
+from dgsnet.surgery.backends.triton import project_params as _pp
 
 Tensor = torch.Tensor
-
-
-@torch.library.custom_op("dgsnet_triton::project_rows", mutates_args=())
-def project_rows(g: Tensor, h: Tensor) -> Tensor:
-    return _obj.project_rows(g, h)
 
 
 @torch.library.custom_op("dgsnet_triton::dgs_forward", mutates_args=())
@@ -46,13 +45,10 @@ def project_params_(grads: list[Tensor], dirs: list[Tensor], eps: float) -> None
     _pp.project_params_(grads, dirs, eps)
 
 
-project_rows.register_fake(_ops._project_rows_fake)
-dgs_forward.register_fake(_ops._dgs_forward_fake)
-dgs_backward.register_fake(_ops._dgs_backward_fake)
-project_params_.register_fake(_ops._project_params_fake)
-_ops.register_autograd("dgsnet_triton::project_rows",
-                       _ops._make_project_rows_autograd(torch.ops.dgsnet_triton.project_rows))
-_ops.register_autograd("dgsnet_triton::dgs_forward",
-                       _ops._make_dgs_autograd(torch.ops.dgsnet_triton.dgs_backward))
+contract.register_fakes("dgsnet_triton")
+contract.register_dgs_autograd("dgsnet_triton", torch.ops.dgsnet_triton.dgs_backward)
+registry.register("triton", "dgs_objective", torch.ops.dgsnet_triton.dgs_forward,
+                  torch.ops.dgsnet_triton.dgs_backward)
+registry.register("triton", "project_params_", torch.ops.dgsnet_triton.project_params_)
 
-__all__ = ["dgs_backward", "dgs_forward", "project_params_", "project_rows"]
+__all__ = ["dgs_backward", "dgs_forward", "project_params_"]

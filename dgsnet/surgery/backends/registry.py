@@ -1,0 +1,47 @@
+"""Which kernel backend implements which op: register by name, look up by name.
+
+A backend registers, for each op, the callable that runs it (`forward`) and,
+for an op with a separate backward kernel, that one too (`backward`). This
+module imports no backend: each registers itself when it is imported
+(backends/extension.py: cpp and cuda; backends/triton/: triton), and
+dgsnet.surgery.backends decides when to import them. "reference" is not
+registered: it is the specification (dgsnet/surgery/reference.py), called
+directly.
+
+Ops (schemas in csrc/ops.cpp):
+  "dgs_objective"    forward: dgs_forward, backward: dgs_backward (the fused objective)
+  "project_params_"  forward: the in-place multi-tensor projection (no backward)
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+
+class Op(NamedTuple):
+    """One backend's kernels of one op."""
+
+    forward: Callable
+    backward: Callable | None = None
+
+
+_TABLE: dict[tuple[str, str], Op] = {}
+
+
+def register(backend: str, op: str, forward: Callable, backward: Callable | None = None) -> None:
+    """Makes `forward` (and `backward`) the kernels of `op` on `backend`; a second call replaces them."""
+    _TABLE[(backend, op)] = Op(forward, backward)
+
+
+def lookup(backend: str, op: str) -> Op:
+    """The kernels registered for `op` on `backend`."""
+    try:
+        return _TABLE[(backend, op)]
+    except KeyError:
+        have = sorted(o for b, o in _TABLE if b == backend)
+        raise LookupError(f"no kernels of op {op!r} are registered for backend {backend!r} "
+                          f"(it has: {', '.join(have) or 'nothing'})") from None
+
+
+def registered() -> list[tuple[str, str]]:
+    """Every (backend, op) pair registered so far."""
+    return sorted(_TABLE)
