@@ -19,11 +19,9 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
 import io  # noqa: E402
-import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import base_parser, markdown_table, resolve_device, results_dir, time_call, write_results  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea")

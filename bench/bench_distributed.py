@@ -20,8 +20,7 @@ import subprocess
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import base_parser, markdown_table, resolve_device, results_dir, write_results  # noqa: E402
+from common import base_parser, markdown_table, resolve_device, results_dir, write_results
 
 
 def _images_per_s(log_path: str, warmup: int) -> float:

@@ -21,8 +21,7 @@ import tempfile
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import base_parser, markdown_table, resolve_device, results_dir, time_call, write_results  # noqa: E402
+from common import base_parser, markdown_table, resolve_device, results_dir, time_call, write_results
 
 
 def build_detector(model_name: str):
@@ -107,7 +106,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(threads)
     available = set(ort.get_available_providers())
     load_before = os.getloadavg()[0]  # the CPU may be shared: recorded so noisy numbers can be recognised
-    rows = []
+    rows, logit_errors = [], {}
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
         for name in models:
             detector = build_detector(name)
@@ -146,12 +145,14 @@ def main(argv=None) -> int:
                                  "precision": precision, "ms_per_batch": seconds * 1e3, "images_per_s": rate,
                                  "x_torch_eager": rate / baseline})
                 detector.to("cpu")
+            logit_errors[name] = report.max_abs_error
             print(f"# {name}: export verified, max |logit error| {report.max_abs_error:.2g}", file=sys.stderr)
     meta = {"device": str(device), "threads": threads, "rounds": rounds, "repeats": repeats,
             "onnxruntime": ort.__version__,
             "onnxruntime_providers": sorted(available), "baseline": "torch eager float32",
             "preprocess_images_per_s": preprocess_rate(3 if args.quick else 20),
             "load_average_1m": [load_before, os.getloadavg()[0]],
+            "max_abs_logit_error": logit_errors,  # the export's own check: |onnx - torch| on its inputs
             "note": "detector forward only, on pre-normalised 224x224 inputs; random-initialised weights"}
     out = write_results(results_dir(args, device), "bench_inference", rows, meta)
     print(markdown_table(rows, ["model", "params_M", "batch", "engine", "precision", "ms_per_batch",

@@ -5,25 +5,17 @@ import json
 import os
 
 import pytest
-from PIL import Image
 
 from dgsnet.cli import main
-from dgsnet.models import BackboneSpec, DGSNetModel, LoRAConfig
-from dgsnet.train import checkpoint as ckpt
 
 NOT_UTF8 = os.fsdecode(b"gan\xff")  # a folder name whose bytes are not UTF-8 (Latin-1 from another machine)
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, make_tiny_run, make_test_set):
     root = tmp_path_factory.mktemp("evalout")
-    model = DGSNetModel(BackboneSpec("dgs-tiny", None, init_seed=4), LoRAConfig())
-    ckpt.write_model(str(root / "run"), model, stage=2, config={"norm": "imagenet"}, step=1)
-    for subset in (NOT_UTF8, "ok"):
-        for label, colour in (("0_real", (9, 99, 199)), ("1_fake", (200, 20, 60))):
-            folder = os.path.join(str(root / "test"), subset, label)
-            os.makedirs(folder)
-            Image.new("RGB", (64, 64), colour).save(os.path.join(folder, "x.png"))
+    make_tiny_run(root / "run", init_seed=4)
+    make_test_set(root / "test", subsets=(NOT_UTF8, "ok"), colours=((9, 99, 199), (200, 20, 60)))
     return root
 
 

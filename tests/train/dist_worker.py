@@ -1,4 +1,6 @@
-"""Entry point for the multi-process tests: `torchrun ... dist_worker.py CONFIG_JSON`.
+"""Entry point for the multi-process tests, run from the repository root as a module:
+`python -m torch.distributed.run ... -m tests.train.dist_worker CONFIG_JSON` (or
+`python -m tests.train.dist_worker CONFIG_JSON` for one process).
 
 Trains on the in-memory toy set with the real torch.distributed (gloo) path.
 DIE_AFTER_ITEMS in the environment kills the run after that many item fetches
@@ -8,12 +10,9 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-from toy_data import ToyDataset  # noqa: E402
-
-from dgsnet.train import TrainConfig, train_dgs, train_teacher  # noqa: E402
-from dgsnet.train.distributed import from_env  # noqa: E402
+from dgsnet.train import TrainConfig, train_dgs, train_teacher
+from dgsnet.train.distributed import from_env
+from tests.train.toy_data import ToyDataset
 
 
 class DiesAfter(ToyDataset):

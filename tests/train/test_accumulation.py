@@ -1,15 +1,10 @@
 """--accum k on batches of b is the same optimiser step as one batch of k*b, alignment term included."""
-import os
-import sys
-
 import pytest
 import torch
 
 from dgsnet.train import TrainConfig, train_dgs, train_teacher
 from dgsnet.train import checkpoint as ckpt
-
-sys.path.insert(0, os.path.dirname(__file__))
-from toy_data import ToyDataset  # noqa: E402
+from tests.train.toy_data import ToyDataset
 
 # No dropout or flips: the two runs would draw different random masks.
 BASE = dict(model="dgs-tiny", pretrained=None, workers=0, lr=2e-3, teacher_lr=2e-2, log_every=1,

@@ -34,14 +34,9 @@ def test_weights_outside_the_run_need_the_users_confirmation(run_with_outside_we
         ckpt.load_model(str(run), trusted_weights=str(other))  # a copy is not the file the run names
 
 
-def test_eval_cli_refuses_then_accepts_with_pretrained(run_with_outside_weights, tmp_path, capsys):
-    from PIL import Image
-
+def test_eval_cli_refuses_then_accepts_with_pretrained(run_with_outside_weights, tmp_path, capsys, make_test_set):
     run, weights = run_with_outside_weights
-    data = tmp_path / "test" / "gan"
-    for label in ("0_real", "1_fake"):
-        (data / label).mkdir(parents=True)
-        Image.new("RGB", (64, 64), (9, 99, 199)).save(data / label / "x.png")
+    make_test_set(tmp_path / "test")
     argv = ["eval", "--ckpt", str(run), "--data", str(tmp_path / "test"), "--workers", "0", "--no-plot",
             "--out", str(tmp_path / "rep")]
     assert main(argv) == 2

@@ -6,24 +6,16 @@ import pickle
 import struct
 
 import pytest
-from PIL import Image
 
 from dgsnet.cli import main
-from dgsnet.models import BackboneSpec, DGSNetModel, LoRAConfig
 from dgsnet.train import checkpoint as ckpt
 
 
 @pytest.fixture(scope="module")
-def good_run(tmp_path_factory):
+def good_run(tmp_path_factory, make_tiny_run, make_test_set):
     root = tmp_path_factory.mktemp("good")
-    run = root / "run"
-    ckpt.write_model(str(run), DGSNetModel(BackboneSpec("dgs-tiny", None), LoRAConfig()), stage=2,
-                     config={"norm": "imagenet"}, step=3)
-    images = root / "test" / "gan"
-    for label in ("0_real", "1_fake"):
-        (images / label).mkdir(parents=True)
-        Image.new("RGB", (64, 64), (10, 200, 30)).save(images / label / "a.png")
-    return run, root / "test"
+    run = make_tiny_run(root / "run", step=3)
+    return run, make_test_set(root / "test", colours=((10, 200, 30), (10, 200, 30)), name="a.png")
 
 
 class _Exploit:
@@ -107,12 +99,8 @@ def test_damaged_checkpoint_gives_one_line_naming_the_file(good_run, tmp_path, c
 
 
 def test_damaged_resume_state_is_named(tmp_path, capsys):
-    import sys
-
-    sys.path.insert(0, os.path.dirname(__file__))
-    from toy_data import DiesAfter, Interrupt, ToyDataset
-
     from dgsnet.train import TrainConfig, train_teacher
+    from tests.train.toy_data import DiesAfter, Interrupt, ToyDataset
 
     base = dict(model="dgs-tiny", pretrained=None, batch_size=4, workers=0, ckpt_every=1, teacher_epochs=1)
     out = str(tmp_path / "run")

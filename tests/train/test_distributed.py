@@ -9,7 +9,8 @@ import torch
 
 from dgsnet.train import checkpoint as ckpt
 
-WORKER = os.path.join(os.path.dirname(__file__), "dist_worker.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WORKER = ["-m", "tests.train.dist_worker"]  # a module of the tests package, run from ROOT
 # No dropout: the two layouts draw different dropout masks by design (per-rank streams).
 BASE = dict(model="dgs-tiny", pretrained=None, workers=0, lr=2e-3, teacher_lr=2e-2, log_every=1,
             ckpt_every=2, lora_dropout=0.0, flip_prob=0.0)
@@ -17,11 +18,11 @@ BASE = dict(model="dgs-tiny", pretrained=None, workers=0, lr=2e-3, teacher_lr=2e
 
 def run(nproc, spec, env=None, check=True):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-           "--standalone", WORKER, json.dumps(spec)] if nproc > 1 else [sys.executable, WORKER,
-                                                                                json.dumps(spec)]
+           "--standalone", *WORKER, json.dumps(spec)] if nproc > 1 else [sys.executable, *WORKER,
+                                                                                 json.dumps(spec)]
     full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     full_env.pop("WORLD_SIZE", None)
-    proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600)
     if check:
         assert proc.returncode == 0, proc.stderr[-4000:]
     return proc

@@ -1,7 +1,6 @@
 """No silently wrong "finished" run: bad step counts, nothing trainable, resumes with other settings."""
 import json
 import os
-import sys
 
 import pytest
 import torch
@@ -9,9 +8,7 @@ import torch
 from dgsnet.cli import main
 from dgsnet.train import TrainConfig, train_dgs, train_teacher
 from dgsnet.train import checkpoint as ckpt
-
-sys.path.insert(0, os.path.dirname(__file__))
-from toy_data import DiesAfter, Interrupt, ToyDataset, Unreadable  # noqa: E402
+from tests.train.toy_data import DiesAfter, Interrupt, ToyDataset, Unreadable
 
 BASE = dict(model="dgs-tiny", pretrained=None, batch_size=4, workers=0, lr=2e-3, teacher_lr=2e-2,
             log_every=1, ckpt_every=2, teacher_epochs=1, epochs=1)

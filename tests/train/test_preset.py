@@ -1,7 +1,4 @@
 """`--preset published`: every knob at the published behaviour; config files and flags still win."""
-import os
-import sys
-
 import pytest
 import torch
 
@@ -9,9 +6,7 @@ from dgsnet.cli import build_parser
 from dgsnet.models.lora import lora_modules
 from dgsnet.train import TrainConfig, train_teacher
 from dgsnet.train.config import PRESETS, config_from_args
-
-sys.path.insert(0, os.path.dirname(__file__))
-from toy_data import ToyDataset  # noqa: E402
+from tests.train.toy_data import ToyDataset
 
 # What the published code does (HorizonTEL/DGS-Net, with CLIP-LoRA's layers), knob by knob.
 PUBLISHED = {

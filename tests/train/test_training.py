@@ -8,10 +8,7 @@ import torch
 from dgsnet.models import DGSNetModel
 from dgsnet.train import TrainConfig, train_dgs, train_teacher
 from dgsnet.train import checkpoint as ckpt
-
-import sys
-sys.path.insert(0, os.path.dirname(__file__))
-from toy_data import DiesAfter, Interrupt, ToyDataset  # noqa: E402
+from tests.train.toy_data import DiesAfter, Interrupt, ToyDataset
 
 BASE = dict(model="dgs-tiny", pretrained=None, batch_size=8, workers=0, lr=2e-3, teacher_lr=2e-2,
             log_every=1, ckpt_every=2, lora_dropout=0.5)
