@@ -4,7 +4,7 @@ For square photos of 256, 512 and 1024 px (skimage's astronaut, coffee and
 chelsea, resized, stored as JPEG quality 95), on one thread:
   select_patches_loop   the definition, one patch at a time (baseline of the ratio)
   select_patches        the vectorised selection (batched float32 DFT, exact re-scoring near ties)
-  pipeline              decode (dgsnet.imageio.load_rgb) + select_patches + normalise:
+  pipeline              decode (dgsnet.image.decode.load_rgb) + select_patches + normalise:
                         images/s per core, what one DataLoader worker delivers
 Both selections are checked to give identical tiles before timing.
 
@@ -47,8 +47,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     import torch
 
-    from dgsnet.imageio import load_rgb
-    from dgsnet.preprocess import normalize, select_patches, select_patches_loop
+    from dgsnet.image.decode import load_rgb
+    from dgsnet.image.preprocess import normalize, select_patches, select_patches_loop
 
     torch.set_num_threads(1)
     device = resolve_device("cpu")  # the data pipeline runs on the CPU whatever the accelerator

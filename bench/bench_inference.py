@@ -73,7 +73,7 @@ def preprocess_rate(repeats: int) -> float:
 
     import skimage.data
 
-    from dgsnet.preprocess import Preprocess
+    from dgsnet.image.preprocess import Preprocess
 
     image, prep = np.asarray(skimage.data.astronaut()), Preprocess("imagenet")
     prep(image)

@@ -17,7 +17,7 @@ The published model's eval() adds scale * B A into the q/k/v weights in place
 (train() takes it out again); the final save follows an eval(), so a file may
 hold merged weights. This module tells which from the frozen copy, rebuilds
 the trained model (base = pretrained weights, LoRA as stored) and writes a run
-directory that `dgsnet.train.checkpoint.load_model` reads:
+directory that `dgsnet.models.checkpoint.load_model` reads:
 
   backbone.json          the open_clip model config inferred from the shapes (QuickGELU)
   backbone.safetensors   the CLIP weights in OpenAI / open_clip naming (packed in_proj), float32
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dgsnet.io import read_torch_state_dict
+from dgsnet.fileio import read_torch_state_dict
 
 STUDENT = "clip_model."
 FROZEN = "clip_model_frozen.clip_model_frozen."
@@ -483,9 +483,9 @@ def write_run(out: str, clip_state: dict[str, torch.Tensor], arch: Architecture,
     """backbone.json + backbone.safetensors + model.safetensors + model.json, into out.tmp, renamed at the end."""
     from safetensors.torch import save
 
-    from dgsnet.io import atomic_write
+    from dgsnet.fileio import atomic_write
     from dgsnet.models import BackboneSpec, DGSNetModel
-    from dgsnet.train.checkpoint import META_FILE, load_model, write_model
+    from dgsnet.models.checkpoint import META_FILE, load_model, write_model
 
     out, tmp = _prepare_out(out)
     os.makedirs(tmp)

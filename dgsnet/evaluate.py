@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dgsnet.io import printable
+from dgsnet.fileio import printable
 from dgsnet.metrics import subset_metrics
 
 log = logging.getLogger("dgsnet.evaluate")
@@ -75,7 +75,7 @@ def evaluate_detector(detector: torch.nn.Module, data_root: str, *, norm: str = 
 
     patch_order: raster (dgsnet's deterministic layout) or shuffle (the published evaluation's
     shuffled layout, seeded per file); decode: dgsnet or pil (the published loader); pixel_budget
-    (megapixels the workers decode at once) and jpeg_draft: see dgsnet.imageio."""
+    (megapixels the workers decode at once) and jpeg_draft: see dgsnet.image.decode."""
     from dgsnet.data import build_eval_subsets, parse_perturbations
 
     device = torch.device(device)

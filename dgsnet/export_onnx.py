@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 # The runtime's reader defines the metadata format and the step names; the writer uses them.
-from dgsnet.io import new_file_mode
+from dgsnet.fileio import new_file_mode
 from dgsnet_export.metadata import FORMAT as METADATA_FORMAT
 from dgsnet_export.metadata import NORMALIZE, PATCH_SELECTION
 
@@ -179,7 +179,7 @@ class ExportReport:
 def normalization_spec(name_or_spec) -> dict:
     """'imagenet' | 'clip' | {'name', 'mean', 'std'} -> {'name', 'mean', 'std'} (lists of 3 floats)."""
     if isinstance(name_or_spec, str):
-        from dgsnet.preprocess import NORMS as known
+        from dgsnet.image.preprocess import NORMS as known
 
         if name_or_spec not in known:
             raise ValueError(f"normalization {name_or_spec!r}: use one of {sorted(known)} or a dict "
@@ -296,7 +296,7 @@ def _export_modules():
                 self.register_buffer("std", torch.tensor(norm["std"], dtype=torch.float32).view(1, 3, 1, 1))
 
         def forward(self, x):
-            if self.preprocess:  # the same arithmetic as dgsnet.preprocess.normalize, in float32
+            if self.preprocess:  # the same arithmetic as dgsnet.image.preprocess.normalize, in float32
                 x = (x.permute(0, 3, 1, 2).float() / 255.0 - self.mean) / self.std
             if self.half_precision:
                 x = x.half()
@@ -421,10 +421,10 @@ def _random_inputs(batch: int, with_preprocessing: bool, seed: int) -> np.ndarra
 
 
 def _torch_reference(detector, inputs: np.ndarray, norm: dict | None) -> np.ndarray:
-    """Logits of the untouched float32 detector; uint8 tiles are normalised by dgsnet.preprocess."""
+    """Logits of the untouched float32 detector; uint8 tiles are normalised by dgsnet.image.preprocess."""
     torch = _torch()
     if norm is not None:
-        from dgsnet.preprocess import normalize
+        from dgsnet.image.preprocess import normalize
 
         inputs = normalize(inputs, norm["mean"], norm["std"])  # the whole (N, 224, 224, 3) batch
     with torch.no_grad():
@@ -613,7 +613,7 @@ def checkpoint_metadata(meta: dict, run_dir, head: str, threshold: float = 0.5) 
 
 def export_checkpoint(run_dir, out_path, *, head: str = "auto", threshold: float = 0.5,
                       pretrained: str | None = None, **export_kwargs) -> ExportReport:
-    """Loads a finished run directory (dgsnet.train.checkpoint) and exports its detector:
+    """Loads a finished run directory (dgsnet.models.checkpoint) and exports its detector:
     the student encoder with LoRA merged + student head (or the teacher probe of a stage-1 run).
     `pretrained` confirms a backbone weights file the run names outside its directory."""
     from dgsnet.predict import load_detector
@@ -700,7 +700,7 @@ def build_tensorrt_engine(onnx_path, engine_path=None, min_batch: int = 1, opt_b
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError(f"{onnx_path}: TensorRT could not build an engine (see the log above)")
-    from dgsnet.io import atomic_write
+    from dgsnet.fileio import atomic_write
 
     atomic_write(str(engine_path), bytes(serialized))
     return engine_path

@@ -1,7 +1,7 @@
 """Scoring images with a checkpoint through torch: what `dgsnet predict` runs.
 
 It is the reference of the exported runtime (dgsnet_export): the same
-decoding (dgsnet.imageio), the same preprocessing (dgsnet.preprocess:
+decoding (dgsnet.image.decode), the same preprocessing (dgsnet.image.preprocess:
 patch selection in raster order, or the published shuffled layout, then normalisation), the same batching
 loop and JSON records; only the engine differs (torch instead of
 onnxruntime). So `dgsnet predict --ckpt RUN` and `dgsnet-predict
@@ -33,7 +33,7 @@ def choose_head(meta: dict, head: str = "auto") -> str:
 def load_detector(run_dir: str, head: str = "auto", device="cpu", pretrained: str | None = None):
     """(Detector in eval mode with LoRA merged, checkpoint metadata, head used) of a run directory.
     `pretrained`: the user's confirmation of a backbone weights file outside the run directory."""
-    from dgsnet.train.checkpoint import load_model
+    from dgsnet.models.checkpoint import load_model
 
     model, meta = load_model(run_dir, trusted_weights=pretrained)
     head = choose_head(meta, head)
@@ -46,7 +46,7 @@ class TorchPredictor:
 
     def __init__(self, run_dir: str, head: str = "auto", device: str = "auto", *, patch_order: str = "raster",
                  patch_seed: int = 100, decode: str = "dgsnet", pretrained: str | None = None):
-        from dgsnet.preprocess import Preprocess
+        from dgsnet.image.preprocess import Preprocess
 
         self.device = resolve_device(device)
         self.detector, self.meta, self.head = load_detector(run_dir, head, self.device, pretrained)

@@ -14,7 +14,7 @@ import math
 import os
 from typing import Mapping, Sequence
 
-from dgsnet.io import atomic_write
+from dgsnet.fileio import atomic_write
 from dgsnet.metrics import METRICS, mean_row
 
 KEY = "subset"

@@ -1,7 +1,7 @@
 """dgsnet_export: the inference-only runtime of exported dgsnet detectors.
 
 Needs onnxruntime, numpy, Pillow and the torch-free dgsnet modules
-(dgsnet.preprocess, dgsnet.imageio); never torch or open_clip.
+(dgsnet.image.preprocess, dgsnet.image.decode); never torch or open_clip.
 
     from dgsnet_export import OnnxDetector
     detector = OnnxDetector("detector.onnx")          # provider="auto": TensorRT, CUDA, CPU
@@ -9,7 +9,7 @@ Needs onnxruntime, numpy, Pillow and the torch-free dgsnet modules
 
 Command line: `dgsnet-predict detector.onnx images/ --out preds.jsonl`.
 """
-from dgsnet.imageio import IMAGE_SUFFIXES
+from dgsnet.image.decode import IMAGE_SUFFIXES
 
 from .inputs import InputList, collect_inputs
 from .metadata import FORMAT, MetadataError, ModelInfo

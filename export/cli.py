@@ -25,7 +25,7 @@ from typing import Callable
 
 
 def _megapixels(text: str) -> str:
-    from dgsnet.imageio import PixelBudgetError, parse_pixel_budget
+    from dgsnet.image.decode import PixelBudgetError, parse_pixel_budget
 
     try:
         parse_pixel_budget(text, "--pixel-budget")
@@ -59,7 +59,7 @@ def add_layout_arguments(parser: argparse.ArgumentParser) -> None:
 
 def layout_options(args: argparse.Namespace) -> dict:
     """{patch_order, patch_seed, decode} from the flags: defaults < --preset < explicit flags."""
-    from dgsnet.preprocess import inference_options
+    from dgsnet.image.preprocess import inference_options
 
     return inference_options(args.preset, patch_order=args.patch_order, patch_seed=args.patch_seed,
                              decode=args.decode)
@@ -245,7 +245,7 @@ def run_command(command: Command, work: Callable[[], int]) -> int:
         # as it closes, and the message must be the last line.
         gc.collect()
         if message:
-            from dgsnet.io import printable  # a path that is not UTF-8 must not fail the message
+            from dgsnet.fileio import printable  # a path that is not UTF-8 must not fail the message
 
             print(printable(f"{command.prog}: {message}"), file=sys.stderr, flush=True)
         return status
@@ -280,14 +280,10 @@ def _failure(command: Command, stop: StopSignals, exc: BaseException) -> tuple[i
 
 
 def _not_walked_line(skipped, limit: int = 3) -> str:
-    from dgsnet.imageio import SKIP_REASONS, skip_counts
+    from dgsnet.image.decode import describe_skipped
 
-    counts = skip_counts(skipped)
-    why = ", ".join(f"{n} {SKIP_REASONS.get(r, r)}" for r, n in counts.items())
-    named = "; ".join(f"{s.path} ({s.reason}: {s.detail})" for s in skipped[:limit])
-    more = f"; and {len(skipped) - limit} more" if len(skipped) > limit else ""
-    fix = "; to score what a link leads to, name its target as an input" if "outside" in counts else ""
-    return f"left out {len(skipped)} path(s) in the input folders ({why}): {named}{more}{fix}"
+    return describe_skipped(skipped, limit, where=" in the input folders",
+                            outside_fix="to score what a link leads to, name its target as an input")
 
 
 def collect_and_report(inputs, prog: str):
@@ -303,7 +299,7 @@ def collect_and_report(inputs, prog: str):
     finally:
         log.setLevel(level)
     if found.not_walked:
-        from dgsnet.io import printable
+        from dgsnet.fileio import printable
 
         print(printable(f"{prog}: {_not_walked_line(found.not_walked)}"), file=sys.stderr)
     return found

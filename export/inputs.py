@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dgsnet.imageio import describe_skipped, is_image_name, walk_tree
+from dgsnet.image.decode import describe_skipped, is_image_name, walk_tree
 
 log = logging.getLogger("dgsnet_export.inputs")
 
@@ -15,7 +15,7 @@ log = logging.getLogger("dgsnet_export.inputs")
 class InputList:
     paths: list[Path] = field(default_factory=list)  # in the order they will be scored
     skipped: list[Path] = field(default_factory=list)  # files inside folders that are not images by name
-    not_walked: list = field(default_factory=list)  # dgsnet.imageio.Skipped: loops, links leading out, unreadable
+    not_walked: list = field(default_factory=list)  # dgsnet.image.decode.Skipped: loops, links leading out, unreadable
 
 
 def collect_inputs(inputs, recursive: bool = True, follow_outside: bool = False) -> InputList:
@@ -26,7 +26,7 @@ def collect_inputs(inputs, recursive: bool = True, follow_outside: bool = False)
     are taken (sorted, hidden files ignored) and the rest are counted as skipped.
     A path that does not exist is kept, so it is reported like any bad input.
 
-    Folders are walked by `dgsnet.imageio.walk_tree`: a folder named here may be a
+    Folders are walked by `dgsnet.image.decode.walk_tree`: a folder named here may be a
     symlink (it is resolved and walked); below it, links are followed only when they
     lead inside it (`follow_outside=True`: anywhere), loops never. Every file is scored
     once, even when reached by several paths or named again (compared by real path).

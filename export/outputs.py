@@ -17,7 +17,7 @@ import stat
 import tempfile
 from typing import Iterable, Iterator, TextIO
 
-from dgsnet.io import new_file_mode
+from dgsnet.fileio import new_file_mode
 
 
 class OutputError(ValueError):

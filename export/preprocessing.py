@@ -9,17 +9,17 @@ from .metadata import ModelInfo
 class Preprocessor:
     """RGB uint8 image -> one graph input sample.
 
-    patch_selection: dgsnet.preprocess.select_patches, in raster order, or with
+    patch_selection: dgsnet.image.preprocess.select_patches, in raster order, or with
     patch_order="shuffle" in the published evaluation's shuffled layout, seeded
-    per file (dgsnet.preprocess.layout_rng). normalize: (x/255 - mean)/std
+    per file (dgsnet.image.preprocess.layout_rng). normalize: (x/255 - mean)/std
     to CHW float32; without it the 224x224x3 uint8 tile goes in as is (the graph
-    normalises). The same steps as dgsnet.preprocess.Preprocess, so torch and
+    normalises). The same steps as dgsnet.image.preprocess.Preprocess, so torch and
     onnxruntime see identical inputs.
     """
 
     def __init__(self, mean, std, *, patch_selection: bool = True, normalize: bool = True, size: int = 224,
                  patch_order: str = "raster", patch_seed: int = 100, decode: str = "dgsnet"):
-        from dgsnet.preprocess import check_patch_order
+        from dgsnet.image.preprocess import check_patch_order
 
         self.patch_order, self.patch_seed, self.decode = check_patch_order(patch_order), patch_seed, decode
         self.mean = tuple(float(v) for v in mean)
@@ -35,7 +35,7 @@ class Preprocessor:
                    normalize="normalize" in info.caller_steps, size=info.input_size, **options)
 
     def __call__(self, rgb: np.ndarray, path=None) -> np.ndarray:
-        from dgsnet import preprocess
+        from dgsnet.image import preprocess
 
         if self.patch_selection:
             rng = None

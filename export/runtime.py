@@ -49,9 +49,9 @@ def non_finite_message(path, logit: float) -> str:
 def _load_and_preprocess(path: Path, preprocess: Callable[[np.ndarray], np.ndarray], budget=None):
     """(sample, None) or (None, error message): a bad input never raises out of the batch.
 
-    `budget` (a dgsnet.imageio.PixelBudget, or None): the image's pixels are reserved from before
+    `budget` (a dgsnet.image.decode.PixelBudget, or None): the image's pixels are reserved from before
     decoding until preprocessing ends."""
-    from dgsnet.imageio import ImageLoadError, decoded
+    from dgsnet.image.decode import ImageLoadError, decoded
 
     try:
         with decoded(path, decode=getattr(preprocess, "decode", "dgsnet"), budget=budget) as rgb:
@@ -74,10 +74,10 @@ def iter_predictions(paths: Iterable, logits_fn: Callable[[np.ndarray], np.ndarr
     scores NaN or +/-inf, give an error record and the batch goes on.
     `progress`: an object with update(n), e.g. a tqdm bar. `pixel_budget`: megapixels the threads
     may hold decoded at once ("off": no limit; None: DGSNET_PIXEL_BUDGET, else a share of this
-    machine's memory; see dgsnet.imageio.PixelBudget): an image waits until its pixels fit, one
+    machine's memory; see dgsnet.image.decode.PixelBudget): an image waits until its pixels fit, one
     larger than the whole budget is an error record.
     """
-    from dgsnet.imageio import PixelBudget
+    from dgsnet.image.decode import PixelBudget
 
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
@@ -148,7 +148,7 @@ def check_graph(session, info: ModelInfo, path) -> int | None:
     def contradiction(what: str) -> ModelLoadError:
         return ModelLoadError(f"{path}: {what}; {REEXPORT}")
 
-    from dgsnet.preprocess import TILE
+    from dgsnet.image.preprocess import TILE
 
     if PATCH_SELECTION in info.caller_steps and info.input_size != TILE:
         raise MetadataError(f"{path}: metadata input_size {info.input_size} contradicts its own "
@@ -235,8 +235,8 @@ class OnnxDetector:
     provider: 'auto' | 'tensorrt' | 'cuda' | 'cpu' (TensorRT -> CUDA -> CPU, first available).
     threads: onnxruntime intra-op threads (None = onnxruntime's default, all cores).
     max_batch: the largest batch TensorRT's profile covers; trt_fp16: let TensorRT run float16.
-    patch_order / patch_seed / decode: the preprocessing choices of dgsnet.preprocess.layout_rng
-    and dgsnet.imageio.load_rgb (raster order and dgsnet decoding unless asked otherwise).
+    patch_order / patch_seed / decode: the preprocessing choices of dgsnet.image.preprocess.layout_rng
+    and dgsnet.image.decode.load_rgb (raster order and dgsnet decoding unless asked otherwise).
 
     Loading checks the file before any image is read: the metadata against the graph (input name,
     dtype, layout, size; outputs) and one test batch of zeros through the session (one logit per

@@ -1,4 +1,4 @@
-"""Peak memory of decoding plus patch selection, per decoded pixel: what dgsnet.imageio.BYTES_PER_PIXEL is.
+"""Peak memory of decoding plus patch selection, per decoded pixel: what dgsnet.image.decode.BYTES_PER_PIXEL is.
 
 Each measurement runs in a fresh child process, resets its peak resident set after the
 imports (/proc/self/clear_refs) and reads the peak (VmHWM, else ru_maxrss) after the work;
@@ -67,8 +67,8 @@ def reset_peak() -> int:
 # --------------------------------------------------------------------- children
 
 def child_single(path: str) -> dict:
-    from dgsnet.imageio import load_rgb
-    from dgsnet.preprocess import select_patches
+    from dgsnet.image.decode import load_rgb
+    from dgsnet.image.preprocess import select_patches
 
     select_patches(np.zeros((224, 224, 3), np.uint8))  # warm numpy / BLAS before the baseline
     base = reset_peak()
@@ -85,8 +85,8 @@ def child_single(path: str) -> dict:
 def child_threads(paths: list[str], threads: int, budget_mp: float | None) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
-    from dgsnet.imageio import PixelBudget, decoded
-    from dgsnet.preprocess import select_patches
+    from dgsnet.image.decode import PixelBudget, decoded
+    from dgsnet.image.preprocess import select_patches
 
     select_patches(np.zeros((224, 224, 3), np.uint8))
     budget = PixelBudget(int(budget_mp * MP), "--budget") if budget_mp else None
@@ -110,7 +110,7 @@ def child_workers(paths: list[str], workers: int) -> dict:
     from torch.utils.data import DataLoader, Dataset
 
     from dgsnet.data import FolderDataset, Sample
-    from dgsnet.preprocess import select_patches
+    from dgsnet.image.preprocess import select_patches
 
     class Probe(Dataset):
         """Each item: (worker id, that worker's peak increase so far) around FolderDataset.tile."""
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
         print(json.dumps(result))
         return 0
 
-    from dgsnet.imageio import BYTES_PER_PIXEL
+    from dgsnet.image.decode import BYTES_PER_PIXEL
 
     sizes = {"flat": [1, 4], "noisy": [1, 4]} if args.quick else {"flat": [1, 16, 100], "noisy": [1, 4, 16, 64]}
     big = 4 if args.quick else 100

@@ -52,7 +52,7 @@ def main(argv=None) -> int:
               f"{r['max_abs_dprob']:.4f} | {100 * r['label_flips']:.1f}% | {100 * r['acc_raster']:.1f} | "
               f"{100 * r['acc_shuffle']:.1f} | {100 * r['ap_raster']:.1f} | {100 * r['ap_shuffle']:.1f} |")
     if args.out:
-        from dgsnet.io import atomic_write
+        from dgsnet.fileio import atomic_write
 
         atomic_write(args.out, json.dumps(rows, indent=2))
     return 0

@@ -29,7 +29,7 @@ def write_tiny_run(folder, *, init_seed: int = 0, step: int = 1, config=None):
     """A finished stage-2 dgs-tiny run folder (random weights, LoRA at its zero start), as
     `dgsnet train` leaves it: enough for eval, predict and export to load."""
     from dgsnet.models import BackboneSpec, DGSNetModel, LoRAConfig
-    from dgsnet.train import checkpoint as ckpt
+    from dgsnet.models import checkpoint as ckpt
 
     model = DGSNetModel(BackboneSpec("dgs-tiny", None, init_seed=init_seed), LoRAConfig())
     ckpt.write_model(str(folder), model, stage=2, config={"norm": "imagenet"} if config is None else config,

@@ -3,10 +3,10 @@
 Layouts: <root>/{0_real,1_fake}/..., <root>/<class>/{0_real,1_fake}/...
 (ProGAN style) and <root>/<subset>/... (one test generator per subset).
 Patch selection and normalisation are torch-free and live in
-dgsnet.preprocess (shared with the ONNX runtime); decoding in dgsnet.imageio.
+dgsnet.image.preprocess (shared with the ONNX runtime); decoding in dgsnet.image.decode.
 """
-from dgsnet.imageio import ImageLoadError, load_rgb
-from dgsnet.preprocess import Preprocess, normalize, select_patches, select_patches_loop
+from dgsnet.image.decode import ImageLoadError, load_rgb
+from dgsnet.image.preprocess import Preprocess, normalize, select_patches, select_patches_loop
 
 from .augment import Augment, item_rng
 from .build import build_eval_subsets, build_train_dataset

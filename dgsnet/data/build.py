@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from dgsnet.preprocess import PUBLISHED_PATCH_SEED
+from dgsnet.image.preprocess import PUBLISHED_PATCH_SEED
 
 from .augment import Augment
 from .captions import (CaptionIndex, CaptionsError, assign_captions, caption_table, check_template_fraction,

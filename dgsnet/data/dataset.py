@@ -10,9 +10,9 @@ import torch
 from torch._utils import ExceptionWrapper
 from torch.utils.data import Dataset, get_worker_info
 
-from dgsnet.imageio import (DEFAULT_MAX_PIXELS, ImageLoadError, PixelBudget, decoded, resolve_pixel_budget,
+from dgsnet.image.decode import (DEFAULT_MAX_PIXELS, ImageLoadError, PixelBudget, decoded, resolve_pixel_budget,
                             worker_share)
-from dgsnet.preprocess import NORMS, PUBLISHED_PATCH_SEED, check_patch_order, layout_rng, normalize, select_patches
+from dgsnet.image.preprocess import NORMS, PUBLISHED_PATCH_SEED, check_patch_order, layout_rng, normalize, select_patches
 
 from .augment import Augment, item_rng
 from .layouts import Sample
@@ -50,16 +50,16 @@ class FolderDataset(Dataset):
     Training (`augment` given) shuffles the patch layout and augments with
     randomness drawn from (seed, epoch, index) only; without `augment` the
     layout is `patch_order`: raster (deterministic), or shuffle (the
-    published evaluation), seeded per file by dgsnet.preprocess.layout_rng.
-    `decode` is dgsnet.imageio.load_rgb's (dgsnet, or pil as published).
+    published evaluation), seeded per file by dgsnet.image.preprocess.layout_rng.
+    `decode` is dgsnet.image.decode.load_rgb's (dgsnet, or pil as published).
 
     Memory: `pixel_budget` (megapixels, or "off"; default DGSNET_PIXEL_BUDGET, else a share of the
-    machine's memory, see dgsnet.imageio) is resolved here, in the process that builds the
+    machine's memory, see dgsnet.image.decode) is resolved here, in the process that builds the
     dataset, so a bad setting fails before any worker starts. Each DataLoader worker process
     decodes one image at a time and takes total / num_workers of it as its per-image limit (the
     main process, with num_workers=0, the whole of it): an image above the share is unreadable
     (skipped, or ImageLoadError under `strict`). `jpeg_draft` decodes a JPEG above `max_pixels`
-    reduced (off by default, see dgsnet.imageio); such files are logged and listed in `reduced`.
+    reduced (off by default, see dgsnet.image.decode); such files are logged and listed in `reduced`.
     """
 
     def __init__(self, samples: Sequence[Sample], captions: Sequence[str], *, norm: str = "imagenet",

@@ -8,7 +8,7 @@ A *labelled folder* holds `0_real/` and/or `1_fake/` (label 0 = real,
 - `<root>/<subset>/...`                        one test generator per subset, each
                                                subset in one of the two layouts above
 
-Folders are walked with `dgsnet.imageio.walk_tree`: each label folder (`0_real/`,
+Folders are walked with `dgsnet.image.decode.walk_tree`: each label folder (`0_real/`,
 `1_fake/`) is its own walk root, so by default no link inside it can bring in an image
 from the other label folder or from outside. A layout folder (subset, class or label
 folder) that is itself a symlink is resolved and used like a root (datasets assembled
@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dgsnet.imageio import IMAGE_SUFFIXES, Skipped, describe_skipped, is_image_name, walk_tree
+from dgsnet.image.decode import IMAGE_SUFFIXES, Skipped, describe_skipped, is_image_name, walk_tree
 
 log = logging.getLogger("dgsnet.data")
 
@@ -139,7 +139,7 @@ def _check_root(root) -> Path:
 def find_samples(root, follow_outside: bool = False) -> list[Sample]:
     """All labelled images under `root` in any supported layout, in a fixed (sorted) order.
 
-    Each label folder is walked on its own (`dgsnet.imageio.walk_tree`): links inside it are
+    Each label folder is walked on its own (`dgsnet.image.decode.walk_tree`): links inside it are
     followed only when they lead inside that label folder (`follow_outside=True` follows them
     anywhere), loops are never followed, and each file is taken once. An image reached by
     several paths (e.g. a class folder that is a link to another) is kept once: under the first

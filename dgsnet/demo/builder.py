@@ -46,7 +46,7 @@ from PIL import Image
 from dgsnet.demo.crops import CropSampler
 from dgsnet.demo.families import FAMILIES, generate
 from dgsnet.demo.photos import load_photos
-from dgsnet.io import atomic_write
+from dgsnet.fileio import atomic_write
 from dgsnet.version import __version__
 
 #: bump when the builder's output changes for the same parameters

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from dgsnet.demo.photos import Photo
-from dgsnet.preprocess import GREY_WEIGHTS
+from dgsnet.image.preprocess import GREY_WEIGHTS
 
 #: crops whose grey standard deviation is below this are too flat to teach anything
 #: (the black border of the retina, empty sky of the deep field)

@@ -10,7 +10,7 @@ import numpy as np
 from scipy import ndimage
 
 from dgsnet.metrics import roc_auc
-from dgsnet.preprocess import GREY_WEIGHTS
+from dgsnet.image.preprocess import GREY_WEIGHTS
 
 
 def _grey(img: np.ndarray) -> np.ndarray:

@@ -81,7 +81,7 @@ def _trained(run_dir: str) -> bool:
 def _interrupted(run_dir: str) -> bool:
     """A stage stopped part-way (Ctrl-C, a kill): it continues from its last checkpoint, as
     `--resume` does, instead of refusing the unfinished run folder."""
-    from dgsnet.train.checkpoint import find_resume
+    from dgsnet.train.resume import find_resume
 
     return find_resume(run_dir) is not None
 

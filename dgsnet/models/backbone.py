@@ -148,7 +148,7 @@ def _build_from_config(cfg: dict, quick_gelu: bool) -> nn.Module:
 
 def read_weights(path: str) -> dict[str, torch.Tensor]:
     """A CLIP state dict from safetensors, a torch file (weights_only: no code runs) or a TorchScript release."""
-    from dgsnet.io import read_tensors, read_torch_state_dict
+    from dgsnet.fileio import read_tensors, read_torch_state_dict
 
     if path.endswith(".safetensors"):
         return read_tensors(path)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from dgsnet.io import atomic_write
+from dgsnet.fileio import atomic_write
 
 
 class CaptionFeatureCache:

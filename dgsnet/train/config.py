@@ -149,7 +149,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str) -> None:
-        from dgsnet.io import atomic_write
+        from dgsnet.fileio import atomic_write
 
         atomic_write(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 

@@ -22,13 +22,13 @@ from tqdm import tqdm
 from dgsnet.data.dataset import collate
 from dgsnet.device import resolve_device
 from dgsnet.models import CaptionFeatureCache, DGSNetModel
-from dgsnet.surgery import dgs_objective
-from dgsnet.train import checkpoint as ckpt
+from dgsnet.models import checkpoint as ckpt
+from dgsnet.surgery import LayerSurgery, dgs_objective
+from dgsnet.train import resume as resume_state
 from dgsnet.train.config import TrainConfig, result_changes
 from dgsnet.train.distributed import (DistContext, TrainableBranch, gather_full, gather_optimizer_state,
                                       is_sharded, no_sync, objective_scaling, shard_encoder, shard_like,
                                       shard_optimizer_state, wrap)
-from dgsnet.surgery.layer import LayerSurgery
 from dgsnet.train.logger import RunLogger, memory_mb
 from dgsnet.train.sampler import EpochBatchSampler
 
@@ -124,10 +124,10 @@ class StageTrainer:
     def resume(self, allow_changes: bool = False) -> bool:
         """Continues from the run's resume state. Settings that change the result must match the
         run's unless `allow_changes`, and then the changes are logged and take effect."""
-        path = ckpt.find_resume(self.run_dir)
+        path = resume_state.find_resume(self.run_dir)
         if path is None:
             return False
-        meta, tensors, opt_state, state, extra = ckpt.read_resume(path)
+        meta, tensors, opt_state, state, extra = resume_state.read_resume(path)
         if state["stage"] != self.stage:
             raise ValueError(f"{path} holds a stage-{state['stage']} run, not stage {self.stage}; "
                              "resume it with the matching command or pick another --out")
@@ -152,7 +152,7 @@ class StageTrainer:
                           + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
             self.log.record("config_change", step=state["position"]["step"],
                             changes={k: {"run": a, "now": b} for k, (a, b) in changes.items()})
-        ckpt.restore_rng(state["rng"], self.rank)
+        resume_state.restore_rng(state["rng"], self.rank)
         if self.layer is not None and extra:
             self.layer.directions = [extra[f"layer_u.{i}"].to(self.device) for i in range(len(extra))]
         pos = state["position"]
@@ -177,7 +177,7 @@ class StageTrainer:
     def _save_resume(self) -> None:
         model_state = self.full_trained_state()
         optimizer_state = gather_optimizer_state(self.optimizer) if self.sharded else None
-        rng = ckpt.rng_state()
+        rng = resume_state.rng_state()
         if self.ctx.enabled:  # every rank's RNG goes into the one checkpoint rank 0 writes
             gathered = [None] * self.world
             torch.distributed.all_gather_object(gathered, rng)
@@ -188,7 +188,7 @@ class StageTrainer:
         extra = {}
         if self.layer is not None and self.layer.directions is not None:
             extra = {f"layer_u.{i}": u for i, u in enumerate(self.layer.directions)}
-        ckpt.write_resume(self.run_dir, self.model, self.optimizer, self.scheduler, self.stage,
+        resume_state.write_resume(self.run_dir, self.model, self.optimizer, self.scheduler, self.stage,
                           self.cfg.to_dict(), {"step": self.step, "epoch": self.epoch,
                                                "batch": self.batch_in_epoch}, rng=rng, extra=extra,
                           model_state=model_state, optimizer_state=optimizer_state)
@@ -257,7 +257,7 @@ class StageTrainer:
         if bool(torch.isfinite(loss)):
             return
         values = {k: float(v) for k, v in terms.items()}
-        last = ckpt.find_resume(self.run_dir)
+        last = resume_state.find_resume(self.run_dir)
         raise NonFiniteLossError(
             f"stage {self.stage}: the loss is {float(loss.detach())} at step {self.step} (terms {values}; batch "
             f"starts with {paths[:3]}). Lower --lr, try --amp off, or check these images. "
@@ -417,7 +417,7 @@ def _prepare_run_dir(cfg: TrainConfig, resume: bool) -> None:
     if _finished(cfg) and not resume:
         raise FileExistsError(f"{cfg.out} already holds a finished run ({ckpt.META_FILE}); "
                               "choose another --out (nothing was overwritten)")
-    if not resume and ckpt.find_resume(cfg.out):
+    if not resume and resume_state.find_resume(cfg.out):
         raise FileExistsError(f"{cfg.out} holds an unfinished run; continue it with --resume "
                               "or choose another --out")
 
@@ -448,7 +448,7 @@ def _run_stage(cfg: TrainConfig, stage: int, dataset: Dataset | None, resume: bo
     state = trainer.full_trained_state()  # a collective when sharded: before the rank-0 branch
     if ctx.is_main:
         ckpt.write_model(cfg.out, model, stage, cfg.to_dict(), trainer.step, state=state)
-        ckpt.remove_resume(cfg.out)
+        resume_state.remove_resume(cfg.out)
         what = "teacher head" if stage == 1 else "detector"
         trainer.log.info(f"stage {stage} done: {what} written to {cfg.out}")
     ctx.barrier()

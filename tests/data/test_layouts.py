@@ -122,8 +122,8 @@ def test_train_items_match_trainer_contract(tmp_path):
 
 def test_train_item_is_shuffled_tile_with_selected_norm(tmp_path):
     from dgsnet.data import item_rng
-    from dgsnet.imageio import load_rgb
-    from dgsnet.preprocess import CLIP_MEAN, CLIP_STD, select_patches
+    from dgsnet.image.decode import load_rgb
+    from dgsnet.image.preprocess import CLIP_MEAN, CLIP_STD, select_patches
 
     labelled_folder(tmp_path, 1, 1)
     cfg = TrainConfig(data=str(tmp_path), norm="clip", flip_prob=0.0, seed=3)
@@ -139,8 +139,8 @@ def test_train_item_is_shuffled_tile_with_selected_norm(tmp_path):
 
 
 def test_eval_items_are_deterministic_tiles(tmp_path):
-    from dgsnet.imageio import load_rgb
-    from dgsnet.preprocess import IMAGENET_MEAN, IMAGENET_STD, select_patches
+    from dgsnet.image.decode import load_rgb
+    from dgsnet.image.preprocess import IMAGENET_MEAN, IMAGENET_STD, select_patches
 
     labelled_folder(tmp_path, 1, 1)
     (name, dataset), = build_eval_subsets(tmp_path)
@@ -152,8 +152,8 @@ def test_eval_items_are_deterministic_tiles(tmp_path):
 
 
 def test_eval_perturbation_is_applied_before_selection(tmp_path):
-    from dgsnet.imageio import load_rgb
-    from dgsnet.preprocess import normalize, select_patches
+    from dgsnet.image.decode import load_rgb
+    from dgsnet.image.preprocess import normalize, select_patches
 
     labelled_folder(tmp_path, 1, 1)
     jpeg, = parse_perturbations("jpeg:50")

@@ -1,4 +1,4 @@
-"""Folder walks cannot loop or escape: dgsnet.imageio.walk_tree and the three places that use it
+"""Folder walks cannot loop or escape: dgsnet.image.decode.walk_tree and the three places that use it
 (dataset layouts, the trainer's dataset builder, the predict commands' inputs)."""
 import logging
 import os
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dgsnet.data import LayoutError, build_train_dataset, find_samples
-from dgsnet.imageio import walk_files
+from dgsnet.image.decode import walk_files
 from dgsnet.train.config import TrainConfig
 from dgsnet_export import collect_inputs
 
@@ -29,13 +29,13 @@ def test_loop_to_a_parent_yields_each_image_once_and_is_reported(tmp_path, caplo
     expected = ["a/1.png", "a/2.png", "a/sub/3.png", "b/4.png"]
     assert rel(walk_files(root), root) == expected  # os.walk(followlinks=True) gave 1.png 40 times
 
-    from dgsnet.imageio import walk_tree
+    from dgsnet.image.decode import walk_tree
 
     os.symlink("../..", root / "b" / "home")  # -> tmp_path, above the root
     os.symlink(root, root / "a" / "again")  # absolute, -> the root itself
     met = []
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="dgsnet.imageio"):
+    with caplog.at_level(logging.WARNING, logger="dgsnet.image.decode"):
         walk = walk_tree(root, on_skip=met.append)
     assert rel(walk.files, root) == expected
     assert walk.real_paths == [os.path.realpath(root / p) for p in expected]
@@ -46,12 +46,12 @@ def test_loop_to_a_parent_yields_each_image_once_and_is_reported(tmp_path, caplo
 
 
 def test_one_warning_names_the_first_few_and_the_count(tmp_path, caplog):
-    from dgsnet.imageio import walk_tree
+    from dgsnet.image.decode import walk_tree
 
     images(tmp_path, ["x.png"])
     for i in range(5):
         os.symlink(".", tmp_path / f"loop{i}")
-    with caplog.at_level(logging.WARNING, logger="dgsnet.imageio"):
+    with caplog.at_level(logging.WARNING, logger="dgsnet.image.decode"):
         assert rel(walk_tree(tmp_path).files, tmp_path) == ["x.png"]
         walk_tree(tmp_path, warn=False)
     (message,) = [r.getMessage() for r in caplog.records]
@@ -67,7 +67,7 @@ def test_link_leading_outside_is_not_followed_unless_asked(tmp_path):
     os.symlink(outside / "theirs.png", root / "file_link.png")
     assert rel(walk_files(root), root) == ["mine.png"]
 
-    from dgsnet.imageio import walk_tree
+    from dgsnet.image.decode import walk_tree
 
     walk = walk_tree(root, warn=False)
     assert walk.counts() == {"outside": 2}
@@ -102,7 +102,7 @@ def test_a_link_to_itself_and_an_unreadable_folder_are_reported(tmp_path, monkey
     monkeypatch.setattr(os, "scandir", scandir)
     assert rel(walk_files(tmp_path), tmp_path) == ["ok.png"]
 
-    from dgsnet.imageio import walk_tree
+    from dgsnet.image.decode import walk_tree
 
     walk = walk_tree(tmp_path, warn=False)
     assert walk.counts() == {"loop": 1, "unreadable": 1}

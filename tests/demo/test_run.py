@@ -23,7 +23,7 @@ def test_quick_demo_trains_evaluates_and_exports(tmp_path, capsys):
     for method in METHODS:
         assert f"| {method} " in text or f" {method} |" in text
     # the methods are distinct detectors: surgery changes the trained weights
-    from dgsnet.train.checkpoint import read_model_tensors
+    from dgsnet.models.checkpoint import read_model_tensors
 
     plain, dgs = (read_model_tensors(os.path.join(out, d)) for d in ("dgs-none", "dgs-feature"))
     assert any(not np.allclose(plain[k].numpy(), dgs[k].numpy()) for k in plain if k.startswith("visual."))

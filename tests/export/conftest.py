@@ -85,7 +85,7 @@ def write_trained_run(directory, stage: int = 2, seed: int = 1):
     import torch
 
     from dgsnet.models import BackboneSpec, DGSNetModel, LoRAConfig
-    from dgsnet.train.checkpoint import write_model
+    from dgsnet.models.checkpoint import write_model
 
     model = DGSNetModel(BackboneSpec(model="dgs-tiny", pretrained=None, init_seed=0), LoRAConfig())
     gen = torch.Generator().manual_seed(seed)

@@ -436,7 +436,7 @@ def test_export_refuses_out_in_a_read_only_folder(run_dir, tmp_path, capsys, no_
 
 def test_a_new_folder_for_out_is_not_refused(tmp_path, monkeypatch):
     """Export creates missing folders under a writable one: only impossible places are refused."""
-    from dgsnet.export_cli import _check_out_folder
+    from dgsnet.cli.deploy import _check_out_folder
 
     _check_out_folder(tmp_path / "a" / "b" / "det.onnx")
     monkeypatch.chdir(tmp_path)

@@ -1,4 +1,4 @@
-"""`dgsnet export` and `dgsnet predict` on a trained run directory (dgsnet.export_cli)."""
+"""`dgsnet export` and `dgsnet predict` on a trained run directory (dgsnet.cli.deploy)."""
 import argparse
 import json
 import shlex
@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from dgsnet.export_cli import add_commands
+from dgsnet.cli.deploy import add_commands
 from dgsnet_export.cli import main as onnx_predict_main
 
 from .conftest import write_trained_run
@@ -121,8 +121,8 @@ def test_stage1_run_predicts_with_the_teacher_probe(tmp_path, photo_dir):
     out = tmp_path / "p.jsonl"
     assert dgsnet(["predict", "--ckpt", tmp_path / "stage1", photo, "--out", out]) == 0
     (record,) = _jsonl(out)
-    from dgsnet.imageio import load_rgb
-    from dgsnet.preprocess import Preprocess
+    from dgsnet.image.decode import load_rgb
+    from dgsnet.image.preprocess import Preprocess
 
     x = torch.from_numpy(Preprocess("imagenet")(load_rgb(photo))[None])
     with torch.no_grad():

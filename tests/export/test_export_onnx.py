@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from dgsnet import preprocess
+from dgsnet.image import preprocess
 from dgsnet.export_onnx import (FLOAT16_ATOL, FLOAT32_ATOL, ExportError, ExportVerificationError,
                                 build_metadata, build_tensorrt_engine, export_detector, tensorrt_available,
                                 tensorrt_command, tensorrt_issues)

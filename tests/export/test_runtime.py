@@ -10,8 +10,8 @@ import onnx
 import pytest
 import torch
 
-from dgsnet import preprocess
-from dgsnet.imageio import load_rgb
+from dgsnet.image import preprocess
+from dgsnet.image.decode import load_rgb
 from dgsnet_export import (MetadataError, ModelInfo, ModelLoadError, OnnxDetector, collect_inputs,
                            provider_chain, sigmoid)
 from dgsnet_export.cli import main as predict_main

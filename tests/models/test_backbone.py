@@ -78,7 +78,7 @@ def test_model_config_file_and_recorded_activation(tmp_path):
 
 
 def test_checkpoint_of_another_activation_is_refused(tmp_path):
-    from dgsnet.train import checkpoint as ckpt
+    from dgsnet.models import checkpoint as ckpt
 
     model = DGSNetModel(BackboneSpec("dgs-tiny", None))
     ckpt.write_model(str(tmp_path), model, stage=2, config={}, step=0)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dgsnet.cli import main
-from dgsnet.train.checkpoint import load_model
+from dgsnet.models.checkpoint import load_model
 
 WIDTH, LAYERS, PATCH, IMAGE, EMBED = 64, 3, 32, 224, 32
 HEADS = WIDTH // 64

@@ -180,7 +180,7 @@ def test_old_checkpoints_load_with_the_behaviour_they_were_trained_with(tmp_path
     """model.json files written before scaling/dropout_masks existed mean linear scaling + one mask."""
     import json
 
-    from dgsnet.train import checkpoint as ckpt
+    from dgsnet.models import checkpoint as ckpt
 
     m = DGSNetModel(TINY, LoRAConfig(scaling="linear", dropout_masks="shared"))
     ckpt.write_model(str(tmp_path), m, stage=2, config={}, step=0)

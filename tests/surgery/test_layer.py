@@ -11,7 +11,7 @@ from dgsnet.models import BackboneSpec, DGSNetModel, LoRAConfig, lora_modules
 from dgsnet.surgery import dgs_objective
 from dgsnet.surgery.layer import LayerSurgery
 from dgsnet.train import TrainConfig, train_dgs, train_teacher
-from dgsnet.train import checkpoint as ckpt
+from dgsnet.models import checkpoint as ckpt
 from tests.train.toy_data import ToyDataset
 
 BASE = dict(model="dgs-tiny", pretrained=None, batch_size=8, workers=0, lr=2e-3, teacher_lr=2e-2,

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dgsnet.train import TrainConfig, train_dgs, train_teacher
-from dgsnet.train import checkpoint as ckpt
+from dgsnet.models import checkpoint as ckpt
 from tests.train.toy_data import ToyDataset
 
 # No dropout or flips: the two runs would draw different random masks.

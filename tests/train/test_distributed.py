@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from dgsnet.train import checkpoint as ckpt
+from dgsnet.models import checkpoint as ckpt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKER = ["-m", "tests.train.dist_worker"]  # a module of the tests package, run from ROOT

@@ -7,7 +7,8 @@ import torch
 
 from dgsnet.cli import main
 from dgsnet.train import TrainConfig, train_dgs, train_teacher
-from dgsnet.train import checkpoint as ckpt
+from dgsnet.models import checkpoint as ckpt
+from dgsnet.train import resume as resume_state
 from tests.train.toy_data import DiesAfter, Interrupt, ToyDataset, Unreadable
 
 BASE = dict(model="dgs-tiny", pretrained=None, batch_size=4, workers=0, lr=2e-3, teacher_lr=2e-2,
@@ -53,7 +54,7 @@ def test_resume_with_other_result_settings_is_refused_and_changes_nothing(interr
         with pytest.raises(ValueError, match=f"{next(iter(change))}: run .*now"):
             train_teacher(TrainConfig(**{**BASE, **change}, out=out), data, resume=True)
     assert open(os.path.join(out, "config.yaml")).read() == before
-    assert ckpt.find_resume(out) and not os.path.exists(os.path.join(out, ckpt.META_FILE))
+    assert resume_state.find_resume(out) and not os.path.exists(os.path.join(out, ckpt.META_FILE))
 
 
 def test_allowed_config_change_takes_effect_and_is_logged(interrupted, tmp_path):

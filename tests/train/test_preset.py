@@ -69,7 +69,7 @@ def test_preset_model_runs_published_lora_on_a_small_backbone(tmp_path):
     mod = lora_modules(model.visual)[0]
     assert mod.scale == pytest.approx(6 / 6 ** 0.5) and mod.separate_masks
     # The last partial batch is kept: 20 images in batches of 8 are 3 steps per epoch, 3 epochs.
-    from dgsnet.train import checkpoint as ckpt
+    from dgsnet.models import checkpoint as ckpt
 
     assert ckpt.read_metadata(cfg.out)["step"] == 9
     assert torch.isfinite(model.teacher_head.weight).all()

@@ -7,7 +7,7 @@ import torch
 
 from dgsnet.models import DGSNetModel
 from dgsnet.train import TrainConfig, train_dgs, train_teacher
-from dgsnet.train import checkpoint as ckpt
+from dgsnet.models import checkpoint as ckpt
 from tests.train.toy_data import DiesAfter, Interrupt, ToyDataset
 
 BASE = dict(model="dgs-tiny", pretrained=None, batch_size=8, workers=0, lr=2e-3, teacher_lr=2e-2,

@@ -80,7 +80,7 @@ from typing import BinaryIO, Callable, Iterator, Union
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin
 
-log = logging.getLogger("dgsnet.imageio")
+log = logging.getLogger("dgsnet.image.decode")
 
 #: Default decompression-bomb limit: 100 megapixels (e.g. 10000 x 10000).
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -145,15 +145,17 @@ def skip_counts(skipped) -> dict:
     return counts
 
 
-def describe_skipped(skipped, limit: int = 3) -> str:
-    """One line: how many paths were left out and why, naming the first `limit` of them."""
+def describe_skipped(skipped, limit: int = 3, *, where: str = "",
+                     outside_fix: str = "pass follow_outside=True to follow links outside the folder") -> str:
+    """One line: how many paths were left out (`where`) and why, naming the first `limit` of them;
+    `outside_fix` ends it when a link led outside (a command line names its own fix)."""
     skipped = list(skipped)
     counts = skip_counts(skipped)
     why = ", ".join(f"{n} {SKIP_REASONS.get(r, r)}" for r, n in counts.items())
     named = "; ".join(f"{s.path} ({s.reason}: {s.detail})" for s in skipped[:limit])
     more = f"; and {len(skipped) - limit} more" if len(skipped) > limit else ""
-    hint = " (pass follow_outside=True to follow links outside the folder)" if "outside" in counts else ""
-    return f"left out {len(skipped)} path(s) ({why}){hint}: {named}{more}"
+    fix = f"; {outside_fix}" if "outside" in counts else ""
+    return f"left out {len(skipped)} path(s){where} ({why}): {named}{more}{fix}"
 
 
 def _inside(path: str, root: str) -> bool:

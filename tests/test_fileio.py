@@ -2,7 +2,7 @@
 import os
 import stat
 
-from dgsnet.io import atomic_write
+from dgsnet.fileio import atomic_write
 
 
 def _mode(path):

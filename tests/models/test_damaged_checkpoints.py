@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from dgsnet.cli import main
-from dgsnet.train import checkpoint as ckpt
+from dgsnet.models import checkpoint as ckpt
 
 
 @pytest.fixture(scope="module")

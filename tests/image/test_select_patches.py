@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from dgsnet import preprocess
+from dgsnet.image import preprocess
 from dgsnet.data import select_patches
-from dgsnet.preprocess import FAST_ENTROPY_TOL, fast_entropy, prepare_image, spectral_entropy
+from dgsnet.image.preprocess import FAST_ENTROPY_TOL, fast_entropy, prepare_image, spectral_entropy
 
 
 def entropy_of_patch(patch):
@@ -134,7 +134,7 @@ def test_mirror_padded_small_images_many_sizes():
 
 def test_all_tied_entropies_are_rescored_in_bounded_batches(monkeypatch):
     """A flat image ties every entropy: all patches are re-scored exactly, in chunks, same result."""
-    from dgsnet import preprocess
+    from dgsnet.image import preprocess
 
     monkeypatch.setattr(preprocess, "_EXACT_CHUNK", 7)
     flat = np.full((610, 700, 3), 128, dtype=np.uint8)

@@ -5,10 +5,10 @@ from PIL import Image
 
 from dgsnet.data.dataset import FolderDataset
 from dgsnet.data.layouts import Sample
-from dgsnet.imageio import load_rgb
-from dgsnet.preprocess import (PATCH, Preprocess, inference_options, layout_rng, normalize, select_patches)
+from dgsnet.image.decode import load_rgb
+from dgsnet.image.preprocess import (PATCH, Preprocess, inference_options, layout_rng, normalize, select_patches)
 
-from .trees import write_image
+from tests.data.trees import write_image
 
 
 def _patches(tile):
@@ -53,7 +53,7 @@ def test_eval_dataset_and_predict_preprocess_agree_on_the_shuffled_layout(photo)
 def test_runtime_preprocessor_matches_torch_preprocess(photo):
     from dgsnet_export.preprocessing import Preprocessor
 
-    from dgsnet.preprocess import IMAGENET_MEAN, IMAGENET_STD
+    from dgsnet.image.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
     rgb = load_rgb(photo)
     runtime = Preprocessor(IMAGENET_MEAN, IMAGENET_STD, patch_order="shuffle", patch_seed=7)
@@ -90,7 +90,7 @@ def test_training_dataset_decodes_as_the_config_says(tmp_path):
     from dgsnet.data import build_train_dataset
     from dgsnet.train import TrainConfig
 
-    from .trees import labelled_folder
+    from tests.data.trees import labelled_folder
 
     labelled_folder(tmp_path / "train")
     for decode in ("dgsnet", "pil"):

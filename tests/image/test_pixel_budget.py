@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from dgsnet import imageio
+from dgsnet.image import decode
 from dgsnet.data import FolderDataset, ImageLoadError, Sample
-from dgsnet.imageio import (PIXEL_BUDGET_ENV, PixelBudget, PixelBudgetError, decoded, default_pixel_budget,
+from dgsnet.image.decode import (PIXEL_BUDGET_ENV, PixelBudget, PixelBudgetError, decoded, default_pixel_budget,
                             load_rgb, parse_pixel_budget, resolve_pixel_budget, worker_share)
 from dgsnet.data.dataset import collate
 
@@ -282,10 +282,10 @@ def test_good_values_and_their_order(monkeypatch):
 
 
 def test_the_default_is_a_share_of_memory_and_never_more_than_the_pool_can_use():
-    memory = imageio.machine_memory()
+    memory = decode.machine_memory()
     assert memory and memory > 0
     default = default_pixel_budget()
-    assert default == int(memory * imageio.MEMORY_FRACTION) // imageio.BYTES_PER_PIXEL
-    assert default * imageio.BYTES_PER_PIXEL <= memory / 2  # well under the machine's memory
+    assert default == int(memory * decode.MEMORY_FRACTION) // decode.BYTES_PER_PIXEL
+    assert default * decode.BYTES_PER_PIXEL <= memory / 2  # well under the machine's memory
     assert default_pixel_budget(workers=2, max_pixels=1_000) == 2_000
     assert resolve_pixel_budget(workers=2, max_pixels=1_000)[0] == 2_000

@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 
 from dgsnet.cli import main
 from dgsnet.models import BackboneSpec, DGSNetModel, LoRAConfig, create_clip
-from dgsnet.train import checkpoint as ckpt
+from dgsnet.models import checkpoint as ckpt
 
 
 @pytest.fixture()

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from dgsnet.cli.common import add_checkpoint_arguments
+
 
 def _probability(text: str) -> float:
     try:
@@ -91,7 +93,7 @@ def _check_out_folder(out: Path) -> None:
 def cmd_export(args) -> int:
     from dgsnet.export_onnx import (build_tensorrt_engine, check_opset, check_profile, export_checkpoint,
                                     tensorrt_available, tensorrt_command)
-    from dgsnet.io import atomic_write
+    from dgsnet.fileio import atomic_write
 
     _check_run_dir(args.ckpt)
     out = Path(args.out)
@@ -155,11 +157,7 @@ def add_export_parser(sub) -> None:
     p.add_argument("--min-batch", type=_positive, default=1, help="TensorRT profile (default 1)")
     p.add_argument("--opt-batch", type=_positive, default=16, help="TensorRT profile (default 16)")
     p.add_argument("--max-batch", type=_positive, default=64, help="TensorRT profile (default 64)")
-    p.add_argument("--pretrained", default=None,
-                   help="confirm the backbone weights file the run names when it lies outside the run "
-                        "directory (a checkpoint's paths are not followed on their own)")
-    p.add_argument("--head", default="auto", choices=["auto", "student", "teacher"],
-                   help="auto: student for a stage-2 run, the teacher probe for a stage-1 run")
+    add_checkpoint_arguments(p)
     p.add_argument("--threshold", type=_probability, default=0.5,
                    help="probability from which an image is labelled generated (stored in the metadata)")
     p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "torchscript"],
@@ -209,11 +207,7 @@ def add_predict_parser(sub) -> None:
     p.add_argument("--out", help="write the JSON lines here instead of stdout")
     p.add_argument("--batch", type=_positive, default=16, help="images per forward pass (default 16)")
     p.add_argument("--threshold", type=_probability, default=0.5, help="label threshold (default 0.5)")
-    p.add_argument("--pretrained", default=None,
-                   help="confirm the backbone weights file the run names when it lies outside the run "
-                        "directory (a checkpoint's paths are not followed on their own)")
-    p.add_argument("--head", default="auto", choices=["auto", "student", "teacher"],
-                   help="auto: student for a stage-2 run, the teacher probe for a stage-1 run")
+    add_checkpoint_arguments(p)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--workers", type=int, help="threads decoding and preprocessing images (default: up to 4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")

@@ -88,17 +88,17 @@ def as_rgb_array(image: Any) -> np.ndarray:
     """
     if not isinstance(image, np.ndarray):
         if hasattr(image, "mode") and hasattr(image, "size"):  # a PIL image; PIL is imported only then
-            from dgsnet.imageio import pil_to_rgb
+            from dgsnet.image.decode import pil_to_rgb
 
             return pil_to_rgb(image)
         raise ValueError(f"expected an HxWx3 uint8 numpy array or a PIL image, got {type(image).__name__}")
     if image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got dtype {image.dtype}; load files with dgsnet.imageio.load_rgb")
+        raise ValueError(f"expected a uint8 image, got dtype {image.dtype}; load files with dgsnet.image.decode.load_rgb")
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 RGB image, got shape {image.shape}; "
-                         "load files with dgsnet.imageio.load_rgb (it drops alpha and expands greyscale)")
+                         "load files with dgsnet.image.decode.load_rgb (it drops alpha and expands greyscale)")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"image has no pixels (shape {image.shape})")
     return image
@@ -382,7 +382,7 @@ class Preprocess:
     norm: str = "imagenet"
     patch_order: str = "raster"  # raster, or shuffle (the published evaluation; see layout_rng)
     patch_seed: int = PUBLISHED_PATCH_SEED
-    decode: str = "dgsnet"  # how files are decoded before this (dgsnet.imageio.load_rgb's decode)
+    decode: str = "dgsnet"  # how files are decoded before this (dgsnet.image.decode.load_rgb's decode)
 
     def __post_init__(self):
         if self.norm not in NORMS:

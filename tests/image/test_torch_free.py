@@ -4,7 +4,7 @@ import sys
 
 
 def test_preprocess_imageio_metrics_report_are_torch_free():
-    code = ("import sys, dgsnet.preprocess, dgsnet.imageio, dgsnet.metrics, dgsnet.report; "
+    code = ("import sys, dgsnet.image.preprocess, dgsnet.image.decode, dgsnet.metrics, dgsnet.report; "
             "bad = [m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -1,0 +1,85 @@
+"""The `dgsnet` command line: one subcommand per job, one module per command group.
+
+    check.py     dgsnet check
+    train.py     dgsnet train-teacher, dgsnet train
+    evaluate.py  dgsnet eval
+    deploy.py    dgsnet export, dgsnet predict
+dgsnet demo and dgsnet convert-official add their parsers from dgsnet.demo.run and dgsnet.convert_official.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dgsnet", description="DGS-Net detectors of AI-generated images: "
+                                     "train, evaluate, export and score.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    from dgsnet.cli.check import add_check_parser
+    from dgsnet.cli.deploy import add_commands as add_export_commands
+    from dgsnet.cli.evaluate import add_eval_parser
+    from dgsnet.cli.train import add_train_parsers
+    from dgsnet.convert_official import add_convert_parser
+    from dgsnet.demo.run import add_demo_parser
+
+    add_check_parser(sub)
+    add_train_parsers(sub)
+    add_eval_parser(sub)
+
+    add_demo_parser(sub)
+    add_convert_parser(sub)
+    add_export_commands(sub)
+    return parser
+
+
+def _outputs_note(args) -> str:
+    where = f" in --out {args.out}" if getattr(args, "out", None) else ""
+    return f"outputs{where} are written whole or not at all: finished files are complete, the others as they were"
+
+
+def _demo_note(args) -> str:
+    return (f"finished stages in {args.out} are kept; run the same command again to go on (an interrupted "
+            "training stage continues from its last checkpoint)")
+
+
+def _train_note(args) -> str:
+    from dgsnet.cli.train import train_note
+
+    return train_note(args)
+
+
+_INTERRUPT_NOTES = {"train-teacher": _train_note, "train": _train_note, "demo": _demo_note,
+                    "eval": _outputs_note, "export": _outputs_note, "predict": _outputs_note,
+                    "convert-official": _outputs_note}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs one subcommand. Expected failures (bad input, wrong checkpoint, NaN loss, an output that
+    cannot be written) end with one line on stderr and exit status 2; Ctrl-C / SIGTERM with one line
+    saying what was kept, and 130 / 143 (see dgsnet_export.cli.run_command)."""
+    from dgsnet_export.cli import Command, file_state, output_note, run_command
+
+    command = Command("dgsnet", expected=(ValueError, RuntimeError))
+
+    def work() -> int:
+        args = build_parser().parse_args(argv)
+        command.prog, command.debug = f"dgsnet {args.command}", args.debug
+        note = _INTERRUPT_NOTES.get(args.command)
+        if note is not None:
+            command.on_interrupt = lambda: note(args)
+        if args.command == "predict" and args.out:  # one output file: say whether it was replaced
+            before = file_state(args.out)
+            command.on_interrupt = lambda: output_note(args.out, before)
+        try:
+            return args.func(args)
+        finally:  # named by a write error that carries no file name (a full disk)
+            out = getattr(args, "run_dir", None) or getattr(args, "out", None)
+            command.output = f"--out {out}" if out else None
+
+    return run_command(command, work)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

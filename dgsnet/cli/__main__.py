@@ -1,0 +1,5 @@
+import sys
+
+from dgsnet.cli import main
+
+sys.exit(main())
