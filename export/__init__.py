@@ -15,7 +15,7 @@ from .inputs import InputList, collect_inputs
 from .metadata import FORMAT, MetadataError, ModelInfo
 from .preprocessing import Preprocessor
 from .providers import provider_chain
-from .report import Tally, write_records
+from .records import Tally, write_records
 from .runtime import ModelLoadError, OnnxDetector, iter_predictions, sigmoid
 
 __all__ = ["FORMAT", "IMAGE_SUFFIXES", "InputList", "MetadataError", "ModelInfo", "ModelLoadError",

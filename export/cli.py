@@ -370,7 +370,7 @@ def _predict(argv: list[str] | None, command: Command) -> int:
 
     from .metadata import MetadataError
     from .outputs import OutputError, check_output
-    from .report import score_and_report
+    from .records import score_and_report
     from .runtime import ModelLoadError, OnnxDetector
 
     protected = [(args.model, "the model")]

@@ -5,7 +5,6 @@ the fix, leaves every earlier file as it was and no temporary file behind.
 A full disk needs a mount we cannot make without root; RLIMIT_FSIZE gives a real write error instead
 (EFBIG, with SIGXFSZ ignored in the child): every write past N bytes fails, as on a full disk.
 """
-import importlib.util
 import os
 import shutil
 import signal
@@ -14,19 +13,12 @@ from pathlib import Path
 import pytest
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"dgsnet_tests_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests import test_interrupts as _shared  # the process runner, checks and corpora (one copy of them)
 
-
-_shared = _load("test_interrupts")  # the process runner, checks and corpora (one copy of them)
 DGSNET, PREDICT, TEACHER = _shared.DGSNET, _shared.PREDICT, _shared.TEACHER
 run, last_line, snapshot, leftovers, old_file = (_shared.run, _shared.last_line, _shared.snapshot,
                                                  _shared.leftovers, _shared.old_file)
-detector, fp32_export, trained_run, images, train_data = (
-    _shared.detector, _shared.fp32_export, _shared.trained_run, _shared.images, _shared.train_data)
+images, train_data = _shared.images, _shared.train_data  # fixtures of those tests, shared
 
 needs_non_root = pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
 

@@ -7,7 +7,6 @@ for a marker (a temporary output file with data in it, a checkpoint, a progress 
 signal, never for a fixed time.
 """
 import hashlib
-import importlib.util
 import json
 import os
 import resource
@@ -32,18 +31,6 @@ STAGE2 = [*TRAIN, "--epochs", "1"]
 OLD_TIME = 1_000_000_000  # 2001: an mtime no write of this test gives a file
 
 
-def _export_fixtures():
-    """tests/export/conftest.py (the tiny exported detector and run directory) as a module: its
-    fixtures are used here too, and pytest only shares a conftest with tests below its folder."""
-    spec = importlib.util.spec_from_file_location("dgsnet_tests_export_fixtures",
-                                                  Path(__file__).parent / "export" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_fixtures = _export_fixtures()
-detector, fp32_export, trained_run = _fixtures.detector, _fixtures.fp32_export, _fixtures.trained_run
 
 
 # ---------------------------------------------------------------- running commands

@@ -4,7 +4,9 @@
     train.py     dgsnet train-teacher, dgsnet train
     evaluate.py  dgsnet eval
     deploy.py    dgsnet export, dgsnet predict
-dgsnet demo and dgsnet convert-official add their parsers from dgsnet.demo.run and dgsnet.convert_official.
+    demo.py      dgsnet demo
+    convert.py   dgsnet convert-official
+    common.py    flags several commands share
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     from dgsnet.cli.deploy import add_commands as add_export_commands
     from dgsnet.cli.evaluate import add_eval_parser
     from dgsnet.cli.train import add_train_parsers
-    from dgsnet.convert_official import add_convert_parser
-    from dgsnet.demo.run import add_demo_parser
+    from dgsnet.cli.convert import add_convert_parser
+    from dgsnet.cli.demo import add_demo_parser
 
     add_check_parser(sub)
     add_train_parsers(sub)

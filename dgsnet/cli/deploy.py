@@ -171,7 +171,7 @@ def add_export_parser(sub) -> None:
 
 def cmd_predict(args) -> int:
     from dgsnet_export.cli import collect_and_report
-    from dgsnet_export.report import score_and_report
+    from dgsnet_export.records import score_and_report
 
     from dgsnet.models import LABELS
     from dgsnet.predict import TorchPredictor

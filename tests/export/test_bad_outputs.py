@@ -17,7 +17,7 @@ from dgsnet.cli import main as dgsnet_main
 from dgsnet_export.cli import main as onnx_predict_main
 from dgsnet_export.inputs import collect_inputs
 from dgsnet_export.outputs import OutputError, check_output
-from dgsnet_export.report import score_and_report
+from dgsnet_export.records import score_and_report
 from dgsnet_export.runtime import iter_predictions
 
 

@@ -13,7 +13,7 @@ import torch
 from dgsnet.cli.deploy import add_commands
 from dgsnet_export.cli import main as onnx_predict_main
 
-from .conftest import write_trained_run
+from tests.conftest import write_trained_run
 
 
 def dgsnet(argv):
