@@ -80,8 +80,9 @@ setup(
     name="dgsnet",
     version=_version(),
     description="DGS-Net: distillation-guided gradient surgery for AI-generated image detection",
-    # export/ ships as dgsnet_export: the inference-only runtime (no torch needed to import it).
-    packages=find_packages(include=["dgsnet", "dgsnet.*"]) + ["dgsnet_export"],
+    # export/ ships as dgsnet_export: exporter/ (torch) and runtime/ (no torch needed to import it).
+    packages=find_packages(include=["dgsnet", "dgsnet.*"]) + ["dgsnet_export", "dgsnet_export.exporter",
+                                                               "dgsnet_export.runtime"],
     package_dir={"dgsnet_export": "export"},
     package_data={"dgsnet": ["model_configs/*.json"]},
     python_requires=">=3.10",

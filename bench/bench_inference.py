@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     import onnxruntime as ort
     import torch
 
-    from dgsnet.export_onnx import export_detector
+    from dgsnet_export.exporter import export_detector
 
     models = ["dgs-tiny"] if args.quick else [m for m in args.models.split(",") if m]
     batches = [1, 4] if args.quick else [int(b) for b in args.batches.split(",") if b]

@@ -133,9 +133,7 @@ def evaluate_checkpoint(run_dir: str, data_root: str, *, out_dir: str | None = N
 def check_report_dir(out_dir: str, run_dir: str, data_root: str, multi: bool = True, plot: bool = True) -> None:
     """Refuses a report folder that is a file, or whose report files would replace a test image or a
     file of the run (through links too); re-running into the same report folder is fine."""
-    from dgsnet_export.outputs import RUN_FILES, check_output
-
-    from dgsnet_export.outputs import check_creatable
+    from dgsnet.outputs import RUN_FILES, check_creatable, check_output
 
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"--out {out_dir} is a file; eval writes a folder of reports: choose a folder name")

@@ -3,7 +3,7 @@
 It is the reference of the exported runtime (dgsnet_export): the same
 decoding (dgsnet.image.decode), the same preprocessing (dgsnet.image.preprocess:
 patch selection in raster order, or the published shuffled layout, then normalisation), the same batching
-loop and JSON records; only the engine differs (torch instead of
+loop (dgsnet.scoring) and JSON records; only the engine differs (torch instead of
 onnxruntime). So `dgsnet predict --ckpt RUN` and `dgsnet-predict
 detector.onnx` on the same files print the same numbers.
 """
@@ -63,10 +63,9 @@ class TorchPredictor:
 
     def predict_paths(self, inputs: Iterable, *, batch_size: int = 16, threshold: float = 0.5,
                       workers: int | None = None, progress=None, pixel_budget=None) -> Iterator[dict]:
-        """The records `dgsnet_export.iter_predictions` gives, for files and folders."""
-        from dgsnet_export import collect_inputs, iter_predictions
-
+        """The records `dgsnet.scoring.iter_predictions` gives, for files and folders."""
         from dgsnet.models import LABELS
+        from dgsnet.scoring import collect_inputs, iter_predictions
 
         found = collect_inputs(inputs)
         return iter_predictions(found.paths, self.logits, self.preprocess, labels=LABELS, threshold=threshold,

@@ -1,7 +1,12 @@
-"""dgsnet_export: the inference-only runtime of exported dgsnet detectors.
+"""dgsnet_export: exporting dgsnet detectors to ONNX and scoring images with them.
 
-Needs onnxruntime, numpy, Pillow and the torch-free dgsnet modules
-(dgsnet.image.preprocess, dgsnet.image.decode); never torch or open_clip.
+Two subpackages, depending one way on dgsnet's library (models, image), never imported by it:
+- runtime/ (torch-free: onnxruntime, numpy, Pillow and the torch-free dgsnet modules): metadata,
+  preprocessing, providers, detector, records, and the `dgsnet-predict` command line.
+- exporter/ (torch, imported when an export runs): metadata writing, graph rewrites, running the
+  exporter, verification against torch, TensorRT checks and the trtexec command.
+
+Importing this package imports the runtime only, so it works where torch is not installed:
 
     from dgsnet_export import OnnxDetector
     detector = OnnxDetector("detector.onnx")          # provider="auto": TensorRT, CUDA, CPU
@@ -9,14 +14,8 @@ Needs onnxruntime, numpy, Pillow and the torch-free dgsnet modules
 
 Command line: `dgsnet-predict detector.onnx images/ --out preds.jsonl`.
 """
-from dgsnet.image.decode import IMAGE_SUFFIXES
-
-from .inputs import InputList, collect_inputs
-from .metadata import FORMAT, MetadataError, ModelInfo
-from .preprocessing import Preprocessor
-from .providers import provider_chain
-from .records import Tally, write_records
-from .runtime import ModelLoadError, OnnxDetector, iter_predictions, sigmoid
+from .runtime import (FORMAT, IMAGE_SUFFIXES, InputList, MetadataError, ModelInfo, ModelLoadError, OnnxDetector,
+                      Preprocessor, Tally, collect_inputs, iter_predictions, provider_chain, sigmoid, write_records)
 
 __all__ = ["FORMAT", "IMAGE_SUFFIXES", "InputList", "MetadataError", "ModelInfo", "ModelLoadError",
            "OnnxDetector", "Preprocessor", "collect_inputs", "iter_predictions", "provider_chain", "sigmoid",

@@ -95,7 +95,7 @@ def detector():
 
 @pytest.fixture(scope="session")
 def fp32_export(detector, tmp_path_factory):
-    from dgsnet.export_onnx import export_detector
+    from dgsnet_export.exporter import export_detector
 
     path = tmp_path_factory.mktemp("export") / "detector.onnx"
     report = export_detector(detector, path, metadata={"backbone": "dgs-tiny", "pretrained": "",

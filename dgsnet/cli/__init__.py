@@ -60,8 +60,8 @@ _INTERRUPT_NOTES = {"train-teacher": _train_note, "train": _train_note, "demo": 
 def main(argv: list[str] | None = None) -> int:
     """Runs one subcommand. Expected failures (bad input, wrong checkpoint, NaN loss, an output that
     cannot be written) end with one line on stderr and exit status 2; Ctrl-C / SIGTERM with one line
-    saying what was kept, and 130 / 143 (see dgsnet_export.cli.run_command)."""
-    from dgsnet_export.cli import Command, file_state, output_note, run_command
+    saying what was kept, and 130 / 143 (see dgsnet_export.runtime.cli.run_command)."""
+    from dgsnet_export.runtime.cli import Command, file_state, output_note, run_command
 
     command = Command("dgsnet", expected=(ValueError, RuntimeError))
 

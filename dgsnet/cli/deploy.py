@@ -63,7 +63,7 @@ def _export_outputs(args, out: Path) -> list[tuple[Path, str]]:
 
 
 def _check_export_outputs(args, out: Path) -> None:
-    from dgsnet_export.outputs import check_output
+    from dgsnet.outputs import check_output
 
     for path, what in _export_outputs(args, out):
         check_output(path, [_run_dir_input(args.ckpt)], what)
@@ -91,9 +91,9 @@ def _check_out_folder(out: Path) -> None:
 
 
 def cmd_export(args) -> int:
-    from dgsnet.export_onnx import (build_tensorrt_engine, check_opset, check_profile, export_checkpoint,
-                                    tensorrt_available, tensorrt_command)
     from dgsnet.fileio import atomic_write
+    from dgsnet_export.exporter import (build_tensorrt_engine, check_opset, check_profile, export_checkpoint,
+                                        tensorrt_available, tensorrt_command)
 
     _check_run_dir(args.ckpt)
     out = Path(args.out)
@@ -136,7 +136,7 @@ def cmd_export(args) -> int:
 
 
 def add_export_parser(sub) -> None:
-    from dgsnet.export_onnx import DEFAULT_OPSET
+    from dgsnet_export.exporter import DEFAULT_OPSET
 
     p = sub.add_parser("export", help="export a trained detector to ONNX (verified against torch, TensorRT-ready)",
                        description="Export the student encoder (LoRA merged) + head of a run directory to ONNX: "
@@ -170,21 +170,21 @@ def add_export_parser(sub) -> None:
 # ---------------------------------------------------------------- predict
 
 def cmd_predict(args) -> int:
-    from dgsnet_export.cli import collect_and_report
-    from dgsnet_export.records import score_and_report
+    from dgsnet_export.runtime.cli import collect_and_report
+    from dgsnet_export.runtime.records import score_and_report
 
     from dgsnet.models import LABELS
     from dgsnet.predict import TorchPredictor
 
     _check_run_dir(args.ckpt)
     if args.out:  # before the checkpoint is loaded
-        from dgsnet_export.outputs import check_output
+        from dgsnet.outputs import check_output
 
         check_output(args.out, [_run_dir_input(args.ckpt), *args.inputs], "--out")
     found = collect_and_report(args.inputs, "dgsnet predict")  # prints what the walk skipped
     if not found.paths:
         raise FileNotFoundError(f"no image files in {' '.join(args.inputs)}")
-    from dgsnet_export.cli import layout_options
+    from dgsnet_export.runtime.cli import layout_options
 
     predictor = TorchPredictor(args.ckpt, head=args.head, device=args.device, pretrained=args.pretrained,
                                **layout_options(args))
@@ -211,7 +211,7 @@ def add_predict_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--workers", type=int, help="threads decoding and preprocessing images (default: up to 4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    from dgsnet_export.cli import add_layout_arguments, add_memory_arguments
+    from dgsnet_export.runtime.cli import add_layout_arguments, add_memory_arguments
 
     add_layout_arguments(p)
     add_memory_arguments(p)

@@ -7,7 +7,7 @@ from dgsnet.cli.common import add_checkpoint_arguments
 
 
 def _cmd_eval(args) -> int:
-    from dgsnet_export.cli import layout_options
+    from dgsnet_export.runtime.cli import layout_options
 
     from dgsnet.evaluate import evaluate_checkpoint
 
@@ -41,7 +41,7 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--strict", action="store_true", help="an unreadable image is an error, not a skip")
     p.add_argument("--no-plot", action="store_true", help="no PNG charts")
-    from dgsnet_export.cli import add_layout_arguments, add_memory_arguments
+    from dgsnet_export.runtime.cli import add_layout_arguments, add_memory_arguments
 
     add_layout_arguments(p)
     add_memory_arguments(p)

@@ -154,7 +154,7 @@ def run_demo(demo: DemoConfig) -> dict:
 
 
 def _export(run_dir: str, path: str) -> str:
-    from dgsnet.export_onnx import export_checkpoint
+    from dgsnet_export.exporter import export_checkpoint
 
     report = export_checkpoint(run_dir, path)
     _say(f"\nexported the DGS-Net detector: {path}")

@@ -399,7 +399,7 @@ def _load_finished(cfg: TrainConfig, stage: int) -> DGSNetModel:
 
 def _check_run_dir_path(cfg: TrainConfig) -> None:
     """--out must be a folder this run can create, apart from the data it reads."""
-    from dgsnet_export.outputs import check_creatable
+    from dgsnet.outputs import check_creatable
 
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
         raise FileExistsError(f"--out {cfg.out} is a file; a run writes a folder: choose a folder name")

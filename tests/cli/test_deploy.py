@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dgsnet.cli.deploy import add_commands
-from dgsnet_export.cli import main as onnx_predict_main
+from dgsnet_export.runtime.cli import main as onnx_predict_main
 
 from tests.conftest import write_trained_run
 

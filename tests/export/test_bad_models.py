@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 
 from dgsnet.cli import main as dgsnet_main
 from dgsnet_export import MetadataError, ModelInfo, ModelLoadError, OnnxDetector
-from dgsnet_export.cli import main as onnx_predict_main
+from dgsnet_export.runtime.cli import main as onnx_predict_main
 
 # ---------------------------------------------------------------- helpers
 
@@ -304,15 +304,15 @@ def run_dir(trained_run, tmp_path):
 @pytest.fixture()
 def no_export(monkeypatch):
     """A refusal must come before the checkpoint is loaded or the export starts."""
-    import dgsnet.export_onnx
     import dgsnet.predict
+    import dgsnet_export.exporter
 
     def fail(*args, **kwargs):
         raise AssertionError("the checkpoint was loaded before the arguments were checked")
 
     monkeypatch.setattr(dgsnet.predict, "load_detector", fail)
-    monkeypatch.setattr(dgsnet.export_onnx, "export_checkpoint", fail)
-    monkeypatch.setattr(dgsnet.export_onnx, "export_detector", fail)
+    monkeypatch.setattr(dgsnet_export.exporter, "export_checkpoint", fail)
+    monkeypatch.setattr(dgsnet_export.exporter, "export_detector", fail)
 
 
 def dgsnet(argv, capsys):
@@ -330,7 +330,7 @@ def refused_export(code: int, err: str, *fragments) -> None:
 
 
 def _opsets():
-    from dgsnet.export_onnx import opset_range
+    from dgsnet_export.exporter import opset_range
 
     low, high = opset_range("auto")
     return {"99": ("auto", 99), "zero": ("auto", 0), "below_the_graph": ("auto", low - 1),
@@ -339,7 +339,7 @@ def _opsets():
 
 @pytest.mark.parametrize("name", ["99", "zero", "below_the_graph", "above_auto", "above_torchscript"])
 def test_export_refuses_an_opset_it_cannot_write(run_dir, tmp_path, capsys, no_export, name):
-    from dgsnet.export_onnx import opset_range
+    from dgsnet_export.exporter import opset_range
 
     exporter, opset = _opsets()[name]
     out = tmp_path / "det.onnx"
@@ -354,7 +354,7 @@ def test_opset_range_comes_from_the_installed_packages():
     import onnx.defs
     from torch.onnx import _constants
 
-    from dgsnet.export_onnx import DEFAULT_OPSET, check_opset, opset_range
+    from dgsnet_export.exporter import DEFAULT_OPSET, check_opset, opset_range
 
     low, high = opset_range("auto")
     assert low <= DEFAULT_OPSET <= high <= onnx.defs.onnx_opset_version()
@@ -369,7 +369,7 @@ def test_opset_range_comes_from_the_installed_packages():
 @pytest.mark.parametrize("exporter,end", [("torchscript", 0), ("torchscript", 1), ("dynamo", 1)])
 def test_the_ends_of_the_opset_range_really_export(detector, tmp_path, exporter, end):
     """The range is not too narrow: each exporter writes (and verifies) a detector at its bounds."""
-    from dgsnet.export_onnx import export_detector, opset_range
+    from dgsnet_export.exporter import export_detector, opset_range
 
     opset = opset_range(exporter)[end]
     report = export_detector(detector, tmp_path / "d.onnx", metadata={"backbone": "dgs-tiny"}, opset=opset,
@@ -379,7 +379,7 @@ def test_the_ends_of_the_opset_range_really_export(detector, tmp_path, exporter,
 
 
 def test_export_detector_refuses_the_opset_before_exporting(detector, tmp_path):
-    from dgsnet.export_onnx import export_detector
+    from dgsnet_export.exporter import export_detector
 
     with pytest.raises(ValueError, match="opset 99: .*choose one in that range"):
         export_detector(detector, tmp_path / "d.onnx", metadata={"backbone": "dgs-tiny"}, opset=99)

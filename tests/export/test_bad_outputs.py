@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 
 from dgsnet.cli import main as dgsnet_main
-from dgsnet_export.cli import main as onnx_predict_main
-from dgsnet_export.inputs import collect_inputs
-from dgsnet_export.outputs import OutputError, check_output
-from dgsnet_export.records import score_and_report
-from dgsnet_export.runtime import iter_predictions
+from dgsnet.outputs import OutputError, check_output
+from dgsnet.scoring import collect_inputs, iter_predictions
+from dgsnet_export.runtime.cli import main as onnx_predict_main
+from dgsnet_export.runtime.records import score_and_report
 
 
 # ---------------------------------------------------------------- helpers
@@ -81,16 +80,16 @@ def run_dir(trained_run, tmp_path):
 @pytest.fixture()
 def no_model_load(monkeypatch):
     """The refusals happen before any model is loaded: loading one fails the test."""
-    import dgsnet.export_onnx
     import dgsnet.predict
-    import dgsnet_export.runtime
+    import dgsnet_export.exporter
+    import dgsnet_export.runtime.detector
 
     def fail(*args, **kwargs):
         raise AssertionError("a model was loaded before --out was checked")
 
-    monkeypatch.setattr(dgsnet_export.runtime, "OnnxDetector", fail)
+    monkeypatch.setattr(dgsnet_export.runtime.detector, "OnnxDetector", fail)
     monkeypatch.setattr(dgsnet.predict, "TorchPredictor", fail)
-    monkeypatch.setattr(dgsnet.export_onnx, "export_checkpoint", fail)
+    monkeypatch.setattr(dgsnet_export.exporter, "export_checkpoint", fail)
 
 
 def onnx_predict(argv, capsys):
@@ -307,9 +306,9 @@ def test_a_non_finite_logit_is_an_error_record_not_a_label(photo_dir, bad):
 @pytest.mark.parametrize("to_file", [True, False])
 def test_onnx_predict_with_a_nan_detector_exits_1_with_strict_json(model, images, tmp_path, capsys,
                                                                    monkeypatch, to_file):
-    import dgsnet_export.runtime
+    import dgsnet_export.runtime.detector
 
-    real = dgsnet_export.runtime.OnnxDetector.logits
+    real = dgsnet_export.runtime.detector.OnnxDetector.logits
     calls = []
 
     def nan_on_third(self, batch):  # --batch 1: the third image scores NaN
@@ -317,7 +316,7 @@ def test_onnx_predict_with_a_nan_detector_exits_1_with_strict_json(model, images
         values = real(self, batch)
         return np.full_like(values, np.nan) if len(calls) == 3 else values
 
-    monkeypatch.setattr(dgsnet_export.runtime.OnnxDetector, "logits", nan_on_third)
+    monkeypatch.setattr(dgsnet_export.runtime.detector.OnnxDetector, "logits", nan_on_third)
     out = tmp_path / "preds.jsonl"
     code = onnx_predict_main([str(model), str(images), "--provider", "cpu", "--no-progress", "--batch", "1",
                               "--workers", "1", *(["--out", str(out)] if to_file else [])])

@@ -1,4 +1,4 @@
-"""dgsnet.export_onnx: the exported graph matches torch, is TensorRT-ready, and carries its metadata."""
+"""dgsnet_export.exporter: the exported graph matches torch, is TensorRT-ready, and carries its metadata."""
 import json
 
 import numpy as np
@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from dgsnet.image import preprocess
-from dgsnet.export_onnx import (FLOAT16_ATOL, FLOAT32_ATOL, ExportError, ExportVerificationError,
-                                build_metadata, build_tensorrt_engine, export_detector, tensorrt_available,
-                                tensorrt_command, tensorrt_issues)
 from dgsnet.version import __version__
+from dgsnet_export.exporter import (FLOAT16_ATOL, FLOAT32_ATOL, ExportError, ExportVerificationError,
+                                    build_metadata, build_tensorrt_engine, export_detector, tensorrt_available,
+                                    tensorrt_command, tensorrt_issues)
 
 
 def _onnx_logits(path, inputs):

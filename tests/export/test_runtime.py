@@ -14,7 +14,8 @@ from dgsnet.image import preprocess
 from dgsnet.image.decode import load_rgb
 from dgsnet_export import (MetadataError, ModelInfo, ModelLoadError, OnnxDetector, collect_inputs,
                            provider_chain, sigmoid)
-from dgsnet_export.cli import main as predict_main
+from dgsnet_export.runtime.cli import main as predict_main
+from tests.image.test_torch_free import BLOCK_TORCH  # torch unimportable in a `python -c` child
 
 EXPORT_DIR = Path(__file__).resolve().parents[2] / "export"
 
@@ -42,7 +43,7 @@ def test_runtime_on_real_photos_agrees_with_torch(detector, fp32_export, photo_d
 
 
 def test_uint8_graph_gives_the_same_scores_as_the_float_graph(detector, fp32_export, photo_dir, tmp_path):
-    from dgsnet.export_onnx import export_detector
+    from dgsnet_export.exporter import export_detector
 
     export_detector(detector, tmp_path / "tiles.onnx", with_preprocessing=True, metadata={"backbone": "dgs-tiny"})
     tiles = OnnxDetector(tmp_path / "tiles.onnx", provider="cpu")
@@ -153,19 +154,9 @@ def test_sigmoid_is_stable_for_large_logits():
     assert sigmoid(0.3) == pytest.approx(1 / (1 + math.exp(-0.3)))
 
 
-NO_TORCH = r"""
-import importlib.abc, importlib.util, json, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "open_clip", "torchvision", "triton", "onnx", "onnxscript"):
-            raise ImportError(f"{name} is blocked: the runtime must not need it")
-sys.meta_path.insert(0, Block())
-export_dir, model, photo = sys.argv[1:4]
-if importlib.util.find_spec("dgsnet_export") is None:  # not installed (pip install -e . maps export/ to it)
-    spec = importlib.util.spec_from_file_location("dgsnet_export", export_dir + "/__init__.py",
-                                                  submodule_search_locations=[export_dir])
-    module = importlib.util.module_from_spec(spec); sys.modules["dgsnet_export"] = module
-    spec.loader.exec_module(module)
+NO_TORCH = BLOCK_TORCH + r"""
+import json
+model, photo = sys.argv[2:4]
 import dgsnet_export
 from dgsnet_export.cli import main
 code = main([model, photo, "--provider", "cpu", "--no-progress"])

@@ -51,7 +51,7 @@ def test_eval_dataset_and_predict_preprocess_agree_on_the_shuffled_layout(photo)
 
 
 def test_runtime_preprocessor_matches_torch_preprocess(photo):
-    from dgsnet_export.preprocessing import Preprocessor
+    from dgsnet_export.runtime.preprocessing import Preprocessor
 
     from dgsnet.image.preprocess import IMAGENET_MEAN, IMAGENET_STD
 

@@ -1,6 +1,6 @@
 """The metadata dgsnet writes into an exported detector's ONNX metadata_props, read back and checked.
 
-The writer is dgsnet.export_onnx.build_metadata; this reader needs only the
+The writer is dgsnet_export.exporter.spec.build_metadata; this reader needs only the
 standard library, so the runtime stays free of torch and onnx.
 """
 from __future__ import annotations

@@ -4,20 +4,18 @@
     for record in detector.predict_paths(["images/"]):
         print(record)   # {"path", "logit", "probability", "label"} or {"path", "error"}
 
-`iter_predictions` is the engine-independent loop (load, preprocess, batch,
+`dgsnet.scoring.iter_predictions` is the engine-independent loop (load, preprocess, batch,
 score, label); `dgsnet predict` runs the same loop with the torch detector.
 """
 from __future__ import annotations
 
-import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
-from .inputs import collect_inputs
+from dgsnet.scoring import collect_inputs, iter_predictions
+
 from .metadata import PATCH_SELECTION, REEXPORT, MetadataError, ModelInfo
 from .preprocessing import Preprocessor
 from .providers import provider_chain, provider_options
@@ -30,91 +28,6 @@ class ModelLoadError(RuntimeError):
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else ""
-
-
-def sigmoid(logit: float) -> float:
-    """Probability of 'generated' from a logit, without overflow for large |logit|."""
-    if logit >= 0:
-        return 1.0 / (1.0 + math.exp(-logit))
-    z = math.exp(logit)
-    return z / (1.0 + z)
-
-
-def non_finite_message(path, logit: float) -> str:
-    """The error record's text for an image the detector scored NaN or +/-inf."""
-    return (f"{path}: the detector returned a non-finite score ({logit}) for this image; "
-            "the model or input is broken (re-export the model, or check the file)")
-
-
-def _load_and_preprocess(path: Path, preprocess: Callable[[np.ndarray], np.ndarray], budget=None):
-    """(sample, None) or (None, error message): a bad input never raises out of the batch.
-
-    `budget` (a dgsnet.image.decode.PixelBudget, or None): the image's pixels are reserved from before
-    decoding until preprocessing ends."""
-    from dgsnet.image.decode import ImageLoadError, decoded
-
-    try:
-        with decoded(path, decode=getattr(preprocess, "decode", "dgsnet"), budget=budget) as rgb:
-            return preprocess(rgb, path=path), None
-    except ImageLoadError as exc:
-        return None, str(exc)
-    except ValueError as exc:  # an image the preprocessing cannot take (e.g. odd shape)
-        return None, f"{path}: {exc}"
-
-
-def iter_predictions(paths: Iterable, logits_fn: Callable[[np.ndarray], np.ndarray],
-                     preprocess: Callable[[np.ndarray], np.ndarray], *, labels=("real", "generated"),
-                     threshold: float = 0.5, batch_size: int = 16, workers: int | None = None,
-                     progress=None, pixel_budget=None) -> Iterator[dict]:
-    """One record per path, in order: {"path", "logit", "probability", "label"} or {"path", "error"}.
-
-    Files are decoded and preprocessed on `workers` threads (PIL and numpy's FFT/BLAS
-    release the GIL), then scored `batch_size` at a time by `logits_fn`
-    ((B, ...) array -> (B,) logits). Unreadable files, and images the detector
-    scores NaN or +/-inf, give an error record and the batch goes on.
-    `progress`: an object with update(n), e.g. a tqdm bar. `pixel_budget`: megapixels the threads
-    may hold decoded at once ("off": no limit; None: DGSNET_PIXEL_BUDGET, else a share of this
-    machine's memory; see dgsnet.image.decode.PixelBudget): an image waits until its pixels fit, one
-    larger than the whole budget is an error record.
-    """
-    from dgsnet.image.decode import PixelBudget
-
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: must be >= 1")
-    paths = [Path(p) for p in paths]
-    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    budget = PixelBudget.for_pool(pixel_budget, workers)
-    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
-    try:
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start:start + batch_size]
-            if pool is not None:
-                loaded = list(pool.map(lambda p: _load_and_preprocess(p, preprocess, budget), chunk))
-            else:
-                loaded = [_load_and_preprocess(p, preprocess, budget) for p in chunk]
-            good = [i for i, (sample, _) in enumerate(loaded) if sample is not None]
-            logits = np.zeros(0)
-            if good:
-                logits = np.asarray(logits_fn(np.stack([loaded[i][0] for i in good])), dtype=np.float64)
-                logits = logits.reshape(-1)
-                if logits.shape[0] != len(good):
-                    raise RuntimeError(f"the detector returned {logits.shape[0]} logits for {len(good)} images")
-            scored = dict(zip(good, logits.tolist()))
-            for i, path in enumerate(chunk):
-                if i in scored and not math.isfinite(scored[i]):
-                    # a label from NaN would be silent garbage ("real": NaN >= t is False)
-                    yield {"path": str(path), "error": non_finite_message(path, scored[i])}
-                elif i in scored:
-                    prob = sigmoid(scored[i])
-                    yield {"path": str(path), "logit": scored[i], "probability": prob,
-                           "label": labels[1] if prob >= threshold else labels[0]}
-                else:
-                    yield {"path": str(path), "error": loaded[i][1]}
-            if progress is not None:
-                progress.update(len(chunk))
-    finally:
-        if pool is not None:
-            pool.shutdown()
 
 
 LOGITS = "logits"  # the graph output the runtime reads: one logit per image
@@ -324,7 +237,7 @@ class OnnxDetector:
 
     def predict_paths(self, inputs: Iterable, *, batch_size: int = 16, threshold: float | None = None,
                       workers: int | None = None, progress=None, pixel_budget=None) -> Iterator[dict]:
-        """Records for image files and folders (see iter_predictions and inputs.collect_inputs)."""
+        """Records for image files and folders (see dgsnet.scoring: iter_predictions, collect_inputs)."""
         found = collect_inputs(inputs)
         return iter_predictions(found.paths, self.logits, self.preprocess, labels=self.info.labels,
                                 threshold=self.info.threshold if threshold is None else threshold,

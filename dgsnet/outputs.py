@@ -7,7 +7,7 @@ directory (a new file there is fine, except the run's own file names), or an
 existing directory. `atomic_sink(out)` opens a temporary file next to
 `out` that replaces it only when the writer finishes.
 
-Torch-free, like the rest of dgsnet_export.
+Torch-free: used by the library's jobs (evaluate, train) and by the exported runtime (dgsnet_export).
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from .outputs import OutputError, atomic_sink
+from dgsnet.outputs import OutputError, atomic_sink
 
 __all__ = ["OutputError", "Tally", "progress_bar", "score_and_report", "write_records"]
 
@@ -101,7 +101,7 @@ def score_and_report(found, logits_fn, preprocess, *, labels: tuple[str, str], t
     progress bar, write the JSON lines to `out` (or stdout) and print the summary line to stderr."""
     import time
 
-    from .runtime import iter_predictions
+    from dgsnet.scoring import iter_predictions
 
     bar = progress_bar(len(found.paths), progress, prog)
     start = time.perf_counter()
