@@ -15,8 +15,8 @@ Importing this package imports the runtime only, so it works where torch is not 
 Command line: `dgsnet-predict detector.onnx images/ --out preds.jsonl`.
 """
 from .runtime import (FORMAT, IMAGE_SUFFIXES, InputList, MetadataError, ModelInfo, ModelLoadError, OnnxDetector,
-                      Preprocessor, Tally, collect_inputs, iter_predictions, provider_chain, sigmoid, write_records)
+                      preprocess_for, Tally, collect_inputs, iter_predictions, provider_chain, sigmoid, write_records)
 
 __all__ = ["FORMAT", "IMAGE_SUFFIXES", "InputList", "MetadataError", "ModelInfo", "ModelLoadError",
-           "OnnxDetector", "Preprocessor", "collect_inputs", "iter_predictions", "provider_chain", "sigmoid",
+           "OnnxDetector", "preprocess_for", "collect_inputs", "iter_predictions", "provider_chain", "sigmoid",
            "Tally", "write_records"]

@@ -373,9 +373,13 @@ def normalize(tile: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndar
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Inference-time preprocessing: patch selection, then normalisation.
+    """Inference-time preprocessing: patch selection, then normalisation. The one implementation
+    behind the torch datasets (dgsnet.data), `dgsnet predict` and the ONNX runtime (which builds it
+    from a detector's metadata: dgsnet_export.runtime.preprocessing.preprocess_for).
 
-    Shared by the torch datasets (dgsnet.data) and `dgsnet predict`.
+    norm names the mean/std (NORMS); `mean`/`std` given explicitly (an exported file's metadata)
+    override it. patch_selection=False takes a size x size image as it is; normalization=False
+    returns the 224x224x3 uint8 tile (for a graph that normalises itself).
     Training augmentations live in dgsnet.data.Augment.
     """
 
@@ -383,29 +387,40 @@ class Preprocess:
     patch_order: str = "raster"  # raster, or shuffle (the published evaluation; see layout_rng)
     patch_seed: int = PUBLISHED_PATCH_SEED
     decode: str = "dgsnet"  # how files are decoded before this (dgsnet.image.decode.load_rgb's decode)
+    mean: tuple[float, float, float] | None = None  # None: NORMS[norm]
+    std: tuple[float, float, float] | None = None
+    patch_selection: bool = True
+    normalization: bool = True
+    size: int = 224  # the input side without patch selection
 
     def __post_init__(self):
-        if self.norm not in NORMS:
-            raise ValueError(f"norm={self.norm!r}: choose one of {sorted(NORMS)}")
+        if self.mean is None or self.std is None:
+            if self.norm not in NORMS:
+                raise ValueError(f"norm={self.norm!r}: choose one of {sorted(NORMS)}")
+            mean, std = NORMS[self.norm]
+            object.__setattr__(self, "mean", self.mean if self.mean is not None else mean)
+            object.__setattr__(self, "std", self.std if self.std is not None else std)
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         check_patch_order(self.patch_order)
 
-    @property
-    def mean(self) -> tuple[float, float, float]:
-        return NORMS[self.norm][0]
-
-    @property
-    def std(self) -> tuple[float, float, float]:
-        return NORMS[self.norm][1]
-
     def tile(self, image: Any, rng: np.random.Generator | int | None = None) -> np.ndarray:
+        if not self.patch_selection:
+            tile = as_rgb_array(image)
+            if tile.shape[:2] != (self.size, self.size):
+                raise ValueError(f"image is {tile.shape[1]}x{tile.shape[0]}; this detector takes "
+                                 f"{self.size}x{self.size} inputs without patch selection")
+            return tile
         return select_patches(image, rng)
 
     def normalize(self, tile: np.ndarray) -> np.ndarray:
+        if not self.normalization:
+            return np.ascontiguousarray(tile, dtype=np.uint8)
         return normalize(tile, self.mean, self.std)
 
     def __call__(self, image: Any, rng: np.random.Generator | int | None = None, path=None) -> np.ndarray:
-        """HxWx3 uint8 image -> 3x224x224 float32 model input (`path` seeds a shuffled layout)."""
-        if rng is None and self.patch_order == "shuffle":
+        """HxWx3 uint8 image -> the model input (`path` seeds a shuffled layout)."""
+        if rng is None and self.patch_selection and self.patch_order == "shuffle":
             if path is None:
                 raise ValueError("a shuffled patch layout is seeded by the file name: pass path=")
             rng = layout_rng(self.patch_order, path, self.patch_seed)

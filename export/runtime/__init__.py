@@ -15,10 +15,10 @@ from dgsnet.scoring import InputList, collect_inputs, iter_predictions, sigmoid
 
 from .detector import ModelLoadError, OnnxDetector
 from .metadata import FORMAT, MetadataError, ModelInfo
-from .preprocessing import Preprocessor
+from .preprocessing import preprocess_for
 from .providers import provider_chain
 from .records import Tally, write_records
 
 __all__ = ["FORMAT", "IMAGE_SUFFIXES", "InputList", "MetadataError", "ModelInfo", "ModelLoadError",
-           "OnnxDetector", "Preprocessor", "collect_inputs", "iter_predictions", "provider_chain", "sigmoid",
+           "OnnxDetector", "preprocess_for", "collect_inputs", "iter_predictions", "provider_chain", "sigmoid",
            "Tally", "write_records"]

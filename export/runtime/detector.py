@@ -17,7 +17,7 @@ import numpy as np
 from dgsnet.scoring import collect_inputs, iter_predictions
 
 from .metadata import PATCH_SELECTION, REEXPORT, MetadataError, ModelInfo
-from .preprocessing import Preprocessor
+from .preprocessing import preprocess_for
 from .providers import provider_chain, provider_options
 
 
@@ -199,8 +199,8 @@ class OnnxDetector:
             self.notes.append(f"{self.path.name} takes batches of exactly {self.batch_limit} images: each "
                               f"batch is fed in groups of {self.batch_limit}, a short group padded")
         self._probe(self.batch_limit or max(1, min(PROBE_BATCH, max_batch)))
-        self.preprocess = Preprocessor.from_info(self.info, patch_order=patch_order, patch_seed=patch_seed,
-                                                 decode=decode)
+        self.preprocess = preprocess_for(self.info, patch_order=patch_order, patch_seed=patch_seed,
+                                    decode=decode)
 
     def _probe(self, batch: int) -> None:
         """One batch of zeros at load: a graph that fails, or gives other than one logit per image,

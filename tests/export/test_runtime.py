@@ -48,7 +48,7 @@ def test_uint8_graph_gives_the_same_scores_as_the_float_graph(detector, fp32_exp
     export_detector(detector, tmp_path / "tiles.onnx", with_preprocessing=True, metadata={"backbone": "dgs-tiny"})
     tiles = OnnxDetector(tmp_path / "tiles.onnx", provider="cpu")
     floats = OnnxDetector(fp32_export[0], provider="cpu")
-    assert tiles.info.input_dtype == "uint8" and not tiles.preprocess.normalize
+    assert tiles.info.input_dtype == "uint8" and not tiles.preprocess.normalization
     a = [r["logit"] for r in tiles.predict_paths([photo_dir])]
     b = [r["logit"] for r in floats.predict_paths([photo_dir])]
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)

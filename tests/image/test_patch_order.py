@@ -6,7 +6,8 @@ from PIL import Image
 from dgsnet.data.dataset import FolderDataset
 from dgsnet.data.layouts import Sample
 from dgsnet.image.decode import load_rgb
-from dgsnet.image.preprocess import (PATCH, Preprocess, inference_options, layout_rng, normalize, select_patches)
+from dgsnet.image.preprocess import (NORMS, PATCH, Preprocess, inference_options, layout_rng, normalize,
+                                     select_patches)
 
 from tests.data.trees import write_image
 
@@ -50,15 +51,29 @@ def test_eval_dataset_and_predict_preprocess_agree_on_the_shuffled_layout(photo)
         prep(rgb)
 
 
-def test_runtime_preprocessor_matches_torch_preprocess(photo):
-    from dgsnet_export.runtime.preprocessing import Preprocessor
+def test_runtime_preprocessing_is_preprocess_configured_by_the_files_metadata(fp32_export, photo):
+    import dataclasses
 
-    from dgsnet.image.preprocess import IMAGENET_MEAN, IMAGENET_STD
+    import onnxruntime as ort
+    from dgsnet_export.runtime.metadata import NORMALIZE, PATCH_SELECTION, ModelInfo
+    from dgsnet_export.runtime.preprocessing import preprocess_for
 
+    props = ort.InferenceSession(str(fp32_export[0]), providers=["CPUExecutionProvider"]) \
+        .get_modelmeta().custom_metadata_map
+    info = ModelInfo.from_props(props)
     rgb = load_rgb(photo)
-    runtime = Preprocessor(IMAGENET_MEAN, IMAGENET_STD, patch_order="shuffle", patch_seed=7)
-    np.testing.assert_array_equal(runtime(rgb, path=photo),
-                                  Preprocess("imagenet", patch_order="shuffle", patch_seed=7)(rgb, path=photo))
+    torch_side = Preprocess("imagenet", patch_order="shuffle", patch_seed=7)
+    np.testing.assert_array_equal(preprocess_for(info, patch_order="shuffle", patch_seed=7)(rgb, path=photo),
+                                  torch_side(rgb, path=photo))
+    # a graph that normalises itself gets the uint8 tile
+    tiles = preprocess_for(dataclasses.replace(info, caller_steps=(PATCH_SELECTION,)))(rgb)
+    assert tiles.dtype == np.uint8 and tiles.shape == (224, 224, 3)
+    np.testing.assert_array_equal(tiles, select_patches(rgb))
+    # without patch selection an image of the input size goes in as it is; another size is refused
+    plain = preprocess_for(dataclasses.replace(info, caller_steps=(NORMALIZE,)))
+    np.testing.assert_array_equal(plain(rgb[:224, :224]), normalize(rgb[:224, :224], *NORMS["imagenet"]))
+    with pytest.raises(ValueError, match="224x224"):
+        plain(rgb[:100, :120])
 
 
 def test_published_decoding_keeps_the_stored_orientation_and_drops_alpha(tmp_path):
