@@ -18,6 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dgsnet", description="DGS-Net detectors of AI-generated images: "
                                      "train, evaluate, export and score.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    from dgsnet.version import __version__
+
+    parser.add_argument("--version", action="version", version=f"dgsnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     from dgsnet.cli.check import add_check_parser
     from dgsnet.cli.deploy import add_commands as add_export_commands

@@ -325,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trt-cache", help="folder to cache TensorRT engines in (rebuilds are slow)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    from dgsnet.version import __version__
+
+    parser.add_argument("--version", action="version", version=f"dgsnet-predict (dgsnet {__version__})")
     add_layout_arguments(parser)
     add_memory_arguments(parser)
     return parser
