@@ -3,8 +3,11 @@
 Once `package_dir={"dgsnet_export": "export"}` is installed, the real package is used.
 """
 import importlib.util
+import shutil
 import sys
 from pathlib import Path
+
+import pytest
 
 EXPORT_DIR = Path(__file__).resolve().parents[2] / "export"
 
@@ -22,3 +25,12 @@ def register_dgsnet_export() -> None:
 
 
 register_dgsnet_export()
+
+
+@pytest.fixture()
+def run_dir(trained_run, tmp_path):
+    """A private copy of the session's trained run: a test that fails must not damage the original."""
+    path = tmp_path / "run"
+    shutil.copytree(trained_run[0], path)
+    return path
+

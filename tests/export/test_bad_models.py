@@ -295,13 +295,6 @@ def test_fixed_batch_logits_keep_order_with_a_partial_group(case):
 # ---------------------------------------------------------------- dgsnet export: opset and --out
 
 @pytest.fixture()
-def run_dir(trained_run, tmp_path):
-    path = tmp_path / "run"
-    shutil.copytree(trained_run[0], path)
-    return path
-
-
-@pytest.fixture()
 def no_export(monkeypatch):
     """A refusal must come before the checkpoint is loaded or the export starts."""
     import dgsnet.predict

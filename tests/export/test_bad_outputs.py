@@ -71,13 +71,6 @@ def images(photo_dir, tmp_path):
 
 
 @pytest.fixture()
-def run_dir(trained_run, tmp_path):
-    path = tmp_path / "run"
-    shutil.copytree(trained_run[0], path)
-    return path
-
-
-@pytest.fixture()
 def no_model_load(monkeypatch):
     """The refusals happen before any model is loaded: loading one fails the test."""
     import dgsnet.predict
