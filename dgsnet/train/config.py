@@ -299,7 +299,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = _field_type(f)
-        text = f"{docs.get(f.name, '')} (default: {defaults[f.name]})".strip()
+        # argparse %-formats help strings: a literal % in a field's comment must be doubled.
+        text = f"{docs.get(f.name, '')} (default: {defaults[f.name]})".strip().replace("%", "%%")
         if kind is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=text)
