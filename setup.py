@@ -1,37 +1,42 @@
-"""Builds dgsnet and its extension dgsnet._C.
+"""The parts of dgsnet's build that need code; the metadata is in pyproject.toml.
 
-Which extension is built:
-  DGSNET_BUILD=auto (default)  CUDA when torch has CUDA and a toolkit is found
-                               (CUDA_HOME/CUDA_PATH set, or a visible GPU);
-                               the C++ (CPU) build otherwise.
-  DGSNET_BUILD=cuda            force the CUDA build (fails if no toolkit).
-  DGSNET_BUILD=cpu             force the C++ (CPU) build.
-Build with `pip install --no-build-isolation -e .` so the extension is compiled
-against the torch already in the environment. MAX_JOBS and
-TORCH_CUDA_ARCH_LIST are honoured as usual by torch.utils.cpp_extension.
+The optional extension dgsnet._C (csrc/; the cpp and cuda surgery backends):
+  DGSNET_BUILD=auto (default)  built when torch is importable here: CUDA when torch has CUDA
+                               and a toolkit is found (CUDA_HOME/CUDA_PATH set, or a visible
+                               GPU), the C++ (CPU) build otherwise; without torch (a plain
+                               `pip install .`, whose isolated build has no torch) not built.
+  DGSNET_BUILD=cuda | cpu      force that build (torch must be installed: an error otherwise).
+  DGSNET_BUILD=none            never build it: a pure-Python package.
+Without dgsnet._C the reference and Triton backends still run. Build it with
+`pip install --no-build-isolation -e .` so it is compiled against the torch already in the
+environment (scripts/venv.sh does). MAX_JOBS and TORCH_CUDA_ARCH_LIST are honoured as usual by
+torch.utils.cpp_extension.
 """
 import glob
 import os
 
 from setuptools import find_packages, setup
 
-import torch
-from torch.utils import cpp_extension
-
-ROOT = os.path.dirname(os.path.abspath(__file__))
+MODES = ("auto", "cpu", "cuda", "none")
 
 
-def _version():
-    about = {}
-    with open(os.path.join(ROOT, "dgsnet", "version.py")) as fh:
-        exec(fh.read(), about)
-    return about["__version__"]
-
-
-def _want_cuda():
+def _mode():
     mode = os.environ.get("DGSNET_BUILD", "auto").lower()
-    if mode not in ("auto", "cpu", "cuda"):
-        raise SystemExit(f"DGSNET_BUILD={mode!r}: use auto, cpu or cuda")
+    if mode not in MODES:
+        raise SystemExit(f"DGSNET_BUILD={mode!r}: use {', '.join(MODES)}")
+    return mode
+
+
+def _torch():
+    """torch, or None when it is not installed in the build environment."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _want_cuda(mode, torch, cpp_extension):
     if mode == "cpu":
         return False
     has_toolkit = cpp_extension.CUDA_HOME is not None and torch.version.cuda is not None
@@ -61,33 +66,43 @@ def _pip_cuda_includes():
     return [d for d in dict.fromkeys(found) if os.path.isdir(d)]
 
 
-def _extension():
+def _extension_args():
+    """setup() keywords for dgsnet._C: none when it is not to be built."""
+    mode = _mode()
+    if mode == "none":
+        return {}
+    torch = _torch()
+    if torch is None:
+        if mode == "auto":
+            return {}
+        raise SystemExit(f"DGSNET_BUILD={mode} needs torch in the build environment: install torch "
+                         "(pip install 'dgsnet[train]' or -r requirements.txt), then "
+                         "pip install --no-build-isolation -e .")
+    from torch.utils import cpp_extension
+
     cpp = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     # -Wno-psabi: csrc/cpu/simd.h passes 512-bit vectors between always-inlined helpers.
     cxx = ["-O3", "-Wno-psabi"]  # torch.utils.cpp_extension adds the C++ standard torch needs (C++20)
-    if _want_cuda():
+    if _want_cuda(mode, torch, cpp_extension):
         cu = sorted(glob.glob("csrc/cuda/*.cu"))
-        return cpp_extension.CUDAExtension(
+        ext = cpp_extension.CUDAExtension(
             "dgsnet._C", cpp + cu,
             define_macros=[("DGSNET_WITH_CUDA", "1")],
             include_dirs=_pip_cuda_includes(),
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
         )
-    return cpp_extension.CppExtension("dgsnet._C", cpp, extra_compile_args={"cxx": cxx})
+    else:
+        ext = cpp_extension.CppExtension("dgsnet._C", cpp, extra_compile_args={"cxx": cxx})
+    return {"ext_modules": [ext],
+            "cmdclass": {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}}
 
 
 setup(
-    name="dgsnet",
-    version=_version(),
-    description="DGS-Net: distillation-guided gradient surgery for AI-generated image detection",
-    # export/ ships as dgsnet_export: exporter/ (torch) and runtime/ (no torch needed to import it).
+    # Kept here, not in pyproject.toml: export/ ships renamed as dgsnet_export, which package
+    # discovery alone cannot express. exporter/ needs torch; runtime/ imports without it.
     packages=find_packages(include=["dgsnet", "dgsnet.*"]) + ["dgsnet_export", "dgsnet_export.exporter",
                                                                "dgsnet_export.runtime"],
     package_dir={"dgsnet_export": "export"},
     package_data={"dgsnet": ["model_configs/*.json"]},
-    python_requires=">=3.10",
-    ext_modules=[_extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
-    entry_points={"console_scripts": ["dgsnet=dgsnet.cli:main",
-                                      "dgsnet-predict=dgsnet_export.cli:main"]},
+    **_extension_args(),
 )
