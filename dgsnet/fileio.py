@@ -10,9 +10,10 @@ import tempfile
 import warnings
 
 
-def new_file_mode(existing: str | None = None) -> int:
-    """The mode a written file gets: an existing file's own, else 0666 minus the umask (as open() does;
-    mkstemp's 0600 would hide a run's outputs from teammates and serving containers)."""
+def new_file_mode(existing: str | None = None, executable: bool = False) -> int:
+    """The mode a written file gets: an existing file's own, else 0666 (0777 for a script) minus the
+    umask, as open() and chmod +x do; mkstemp's 0600 would hide a run's outputs from teammates and
+    serving containers."""
     if existing is not None:
         try:
             return stat.S_IMODE(os.stat(existing).st_mode)
@@ -20,16 +21,17 @@ def new_file_mode(existing: str | None = None) -> int:
             pass
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return (0o777 if executable else 0o666) & ~mask
 
 
-def atomic_write(path: str, data: bytes | str) -> None:
-    """Writes to a temporary file in the same directory, fsyncs, then renames over `path`."""
+def atomic_write(path: str, data: bytes | str, executable: bool = False) -> None:
+    """Writes to a temporary file in the same directory, fsyncs, then renames over `path`.
+    `executable`: a script, made runnable by whoever may read it (a replaced file keeps its mode)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     try:
-        os.chmod(tmp, new_file_mode(path))
+        os.chmod(tmp, new_file_mode(path, executable))
         with os.fdopen(fd, "wb") as fh:
             fh.write(data.encode() if isinstance(data, str) else data)
             fh.flush()

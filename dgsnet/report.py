@@ -1,9 +1,10 @@
-"""Evaluation reports: a markdown table for the terminal, CSV and JSON files, PNG bar charts.
+"""Evaluation reports: a markdown table for the terminal, CSV and JSON files, PNG charts.
 
 Rows are dicts as made by dgsnet.metrics.subset_metrics plus a "subset"
 key. Files store the metrics as fractions (NaN as empty CSV cell / JSON
-null); the markdown shows them as percentages. `results` maps a condition
-name ("clean", "jpeg75", ...) to its per-subset rows.
+null); the markdown shows them as percentages (the EER threshold as a
+probability). `results` maps a condition name ("clean", "jpeg75", ...) to
+its per-subset rows. Per-image scores: dgsnet.scorefiles; ROC / PR curves: dgsnet.curves.
 """
 from __future__ import annotations
 
@@ -15,15 +16,33 @@ import os
 from typing import Mapping, Sequence
 
 from dgsnet.fileio import atomic_write
-from dgsnet.metrics import METRICS, mean_row
+from dgsnet.metrics import EXTRA, METRICS, mean_row, one_class
 
 KEY = "subset"
 COUNTS = ("n", "n_real", "n_fake")
-TITLES = {"acc": "acc", "ap": "AP", "real_acc": "real acc", "fake_acc": "fake acc", "auc": "AUC"}
+TITLES = {"acc": "acc", "ap": "AP", "real_acc": "real acc", "fake_acc": "fake acc", "auc": "AUC", "eer": "EER",
+          "eer_threshold": "EER threshold"}
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _percent(value) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+    return "n/a" if _missing(value) else f"{100 * value:.2f}"
+
+
+def _probability(value) -> str:
+    return "n/a" if _missing(value) else f"{value:.4f}"
+
+
+def one_class_note(rows: Sequence[dict]) -> str:
+    """The line under a table that names its one-class subsets ("" when there are none)."""
+    names = [str(r[KEY]) for r in rows if r.get(KEY) != "mean" and one_class(r)]
+    if not names:
+        return ""
+    return (f"n/a: {', '.join(names)} {'holds' if len(names) == 1 else 'hold'} one class only, so AP, AUC and "
+            "EER are undefined there and left out of the mean row's AP, AUC and EER.")
 
 
 def with_mean(rows: Sequence[dict]) -> list[dict]:
@@ -34,15 +53,19 @@ def with_mean(rows: Sequence[dict]) -> list[dict]:
     return rows + [mean_row(rows, key=KEY)]
 
 
-def markdown_table(rows: Sequence[dict], metrics: Sequence[str] = METRICS, counts: bool = True) -> str:
-    """One line per row: subset, image counts, then each metric in percent (2 decimals)."""
+def markdown_table(rows: Sequence[dict], metrics: Sequence[str] = METRICS, counts: bool = True,
+                   extra: Sequence[str] = ()) -> str:
+    """One line per row: subset, image counts, then each metric in percent (2 decimals), then each
+    `extra` column (the EER threshold) as a probability (4 decimals)."""
     head = [KEY] + (["n", "real", "fake"] if counts else []) + [f"{TITLES.get(m, m)} %" for m in metrics]
+    head += [TITLES.get(e, e) for e in extra]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for row in rows:
         cells = [str(row.get(KEY, ""))]
         if counts:
             cells += [str(row.get(c, "")) for c in COUNTS]
         cells += [_percent(row.get(m)) for m in metrics]
+        cells += [_probability(row[e]) if e in row else "" for e in extra]  # the mean row has no threshold
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -127,7 +150,8 @@ def _save_figure(fig, path: str) -> None:
 
 def write_eval_report(out_dir: str, results: Mapping[str, Sequence[dict]], metric: str = "acc",
                       prefix: str = "eval", plot: bool = True,
-                      setup: Mapping[str, object] | None = None) -> tuple[str, dict[str, str]]:
+                      setup: Mapping[str, object] | None = None, threshold: float = 0.5,
+                      scores: Mapping[str, Sequence] | None = None) -> tuple[str, dict[str, str]]:
     """Write every report file of an evaluation and return (markdown for stdout, {kind: path}).
 
     `results`: condition -> per-subset rows (without mean rows; the first
@@ -136,7 +160,9 @@ def write_eval_report(out_dir: str, results: Mapping[str, Sequence[dict]], metri
     <prefix>.json, <prefix>.png (bar chart of the first condition), and with
     more than one condition <prefix>_robustness.csv and .png. `setup`
     (e.g. the patch layout and decoder used) heads the markdown as one line and
-    is stored in the JSON record.
+    is stored in the JSON record. `threshold`: the one the accuracies used (stored).
+    `scores` (condition -> subsets with .name, .paths, .labels, .probs, .logits): also
+    scores.csv / scores.jsonl, and with `plot` roc.png / pr.png of the first condition.
     """
     os.makedirs(out_dir, exist_ok=True)
     conditions = list(results)
@@ -146,11 +172,13 @@ def write_eval_report(out_dir: str, results: Mapping[str, Sequence[dict]], metri
         texts.append("; ".join(f"{k}: {v}" for k, v in setup.items()))
     for condition in conditions:
         header = "" if len(conditions) == 1 else f"### {condition}\n\n"
-        texts.append(header + markdown_table(full[condition]))
+        note = one_class_note(full[condition])
+        texts.append(header + markdown_table(full[condition], extra=EXTRA) + (f"\n\n{note}" if note else ""))
     long_rows = [{"condition": c, **row} for c in conditions for row in full[c]]
-    columns = ["condition", KEY, *COUNTS, *METRICS]
+    columns = ["condition", KEY, *COUNTS, *METRICS, *EXTRA]
     paths["csv"] = write_csv(long_rows, os.path.join(out_dir, f"{prefix}.csv"), columns)
-    record = {"conditions": conditions, "metrics": list(METRICS), "threshold": 0.5, "results": full,
+    record = {"conditions": conditions, "metrics": list(METRICS), "threshold": threshold, "results": full,
+              "one_class": {c: [r[KEY] for r in full[c] if r.get(KEY) != "mean" and one_class(r)] for c in conditions},
               "setup": dict(setup or {})}
     if len(conditions) > 1:
         record["robustness"] = {"metric": metric, "rows": robustness_rows(results, metric)}
@@ -158,6 +186,18 @@ def write_eval_report(out_dir: str, results: Mapping[str, Sequence[dict]], metri
         paths["robustness_csv"] = write_csv(record["robustness"]["rows"],
                                             os.path.join(out_dir, f"{prefix}_robustness.csv"))
     paths["json"] = write_json(record, os.path.join(out_dir, f"{prefix}.json"))
+    if scores is not None:
+        from dgsnet.scorefiles import write_scores
+
+        paths["scores_csv"], paths["scores_jsonl"] = write_scores(
+            scores, os.path.join(out_dir, "scores.csv"), os.path.join(out_dir, "scores.jsonl"))
+    if plot and scores and conditions:
+        from dgsnet.curves import plot_pr, plot_roc
+
+        first = scores[conditions[0]]
+        paths["roc_png"] = plot_roc(first, os.path.join(out_dir, "roc.png"), title=f"{conditions[0]}: ROC per subset")
+        paths["pr_png"] = plot_pr(first, os.path.join(out_dir, "pr.png"),
+                                  title=f"{conditions[0]}: precision-recall per subset")
     if plot and conditions:
         paths["png"] = plot_subsets(full[conditions[0]], os.path.join(out_dir, f"{prefix}.png"),
                                     title=f"{conditions[0]}: accuracy and AP per subset")

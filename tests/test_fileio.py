@@ -28,3 +28,12 @@ def test_a_replaced_file_keeps_its_mode(tmp_path):
     atomic_write(str(path), "new")
     assert path.read_text() == "new" and _mode(path) == 0o755
     assert [p.name for p in tmp_path.iterdir()] == ["run.sh"]  # no temporary file left
+
+
+def test_a_script_is_executable_by_whoever_may_read_it(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write(str(tmp_path / "build.sh"), "#!/bin/sh\n", executable=True)
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "build.sh") == 0o755

@@ -329,7 +329,8 @@ def test_a_stopped_stage_2_run_resumes_and_finishes(train_data, reference_teache
 # ---------------------------------------------------------------- eval
 
 
-def test_a_stopped_eval_leaves_the_old_reports(train_data, reference_teacher, tmp_path):
+def test_a_stopped_eval_leaves_the_old_reports(train_data, reference_teacher, tmp_path, monkeypatch):
+    monkeypatch.setenv("DGSNET_PROGRESS_SECONDS", "0")  # a progress line per batch: the marker comes at once
     reports = tmp_path / "reports"
     reports.mkdir()
     for name in ("eval.csv", "eval.json", "eval_robustness.csv"):

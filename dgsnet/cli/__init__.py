@@ -59,6 +59,21 @@ _INTERRUPT_NOTES = {"train-teacher": _train_note, "train": _train_note, "demo": 
                     "eval": _outputs_note, "export": _outputs_note, "predict": _outputs_note,
                     "convert-official": _outputs_note}
 
+# What each command imports beyond the core install (dgsnet.extras names the extra to install).
+_TORCH = ("torch", "open_clip", "safetensors")
+_ONNX = ("onnx", "onnxscript", "onnxruntime")  # export checks the graph in onnxruntime
+
+
+def _eval_needs(args) -> tuple:
+    from dgsnet.cli.evaluate import is_onnx
+
+    engine = ("onnxruntime",) if is_onnx(args.ckpt) else _TORCH  # an .onnx is scored without torch
+    return engine + (() if args.no_plot else ("matplotlib",))
+
+
+_NEEDS = {"check": _TORCH, "train-teacher": _TORCH, "train": _TORCH, "eval": _eval_needs, "predict": _TORCH,
+          "convert-official": _TORCH, "export": _TORCH + _ONNX, "demo": _TORCH + _ONNX + ("skimage", "scipy")}
+
 
 def main(argv: list[str] | None = None) -> int:
     """Runs one subcommand. Expected failures (bad input, wrong checkpoint, NaN loss, an output that
@@ -69,17 +84,35 @@ def main(argv: list[str] | None = None) -> int:
     command = Command("dgsnet", expected=(ValueError, RuntimeError))
 
     def work() -> int:
-        args = build_parser().parse_args(argv)
+        from dgsnet.train.flags import join_list_values
+
+        # `--lora-blocks -2,-1`: argparse alone reads '-2,-1' as an option
+        args = build_parser().parse_args(join_list_values(sys.argv[1:] if argv is None else list(argv)))
         command.prog, command.debug = f"dgsnet {args.command}", args.debug
+        from dgsnet.extras import missing_extra
+
+        needs = _NEEDS.get(args.command, ())
+        absent = missing_extra(command.prog, needs(args) if callable(needs) else needs)
+        if absent:  # before any work: one line naming the pip extra
+            print(absent, file=sys.stderr)
+            return 2
         note = _INTERRUPT_NOTES.get(args.command)
         if note is not None:
             command.on_interrupt = lambda: note(args)
         if args.command == "predict" and args.out:  # one output file: say whether it was replaced
             before = file_state(args.out)
             command.on_interrupt = lambda: output_note(args.out, before)
+        from dgsnet import progress
+
+        show = not getattr(args, "no_progress", False)
+        if show:
+            progress.period_seconds()  # a bad $DGSNET_PROGRESS_SECONDS fails before any work
+        # Process-wide: training, eval and the demo report from inside the library.
+        previous = progress.set_enabled(show)
         try:
             return args.func(args)
         finally:  # named by a write error that carries no file name (a full disk)
+            progress.set_enabled(previous)
             out = getattr(args, "run_dir", None) or getattr(args, "out", None)
             command.output = f"--out {out}" if out else None
 

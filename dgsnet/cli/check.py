@@ -11,7 +11,9 @@ def add_check_parser(sub) -> None:
                                        "gradient surgery on --backend and checks that the gradients are finite "
                                        "and orthogonal to the harmful direction (exit 0 when they are).")
     check.add_argument("--model", default="dgs-tiny", help="open_clip model name (default dgs-tiny)")
-    check.add_argument("--batch", type=int, default=8, help="images in the step (default 8)")
+    from dgsnet_export.runtime.cli import add_batch_size_argument
+
+    add_batch_size_argument(check, 8, "images in the step")
     check.add_argument("--backend", default="auto", help="reference, cpp, cuda, triton or auto")
     check.add_argument("--seed", type=int, default=0)
     check.set_defaults(func=_cmd_check)
@@ -20,7 +22,7 @@ def add_check_parser(sub) -> None:
 def _cmd_check(args) -> int:
     from dgsnet.selfcheck import run_check
 
-    report = run_check(model=args.model, batch=args.batch, backend=args.backend, seed=args.seed)
+    report = run_check(model=args.model, batch=args.batch_size, backend=args.backend, seed=args.seed)
     for key, value in report.items():
         print(f"{key:>40}: {json.dumps(value) if isinstance(value, dict) else value}")
     ok = report["all gradients finite"] and report["max |<G_tilde, h>| / ||G_tilde||"] < 1e-3

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import sys
 
-from dgsnet.convert import PUBLISHED_ALPHA, convert_official
+# Mirrors dgsnet.convert.lora.PUBLISHED_ALPHA (tests/test_packaging.py checks it): the parser must not import torch.
+PUBLISHED_ALPHA = 6.0
 
 
 def _cmd_convert(args) -> int:
+    from dgsnet.convert import convert_official
+
     report = convert_official(args.ckpt, args.out, stage1=args.stage1, lora_alpha=args.lora_alpha,
                               as_published_test=args.as_published_test)
     for note in report.warnings:

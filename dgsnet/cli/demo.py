@@ -28,5 +28,8 @@ def add_demo_parser(sub) -> None:
                    help=f"comma-separated subset of: {', '.join(METHODS)} (default: all)")
     p.add_argument("--quick", action="store_true", help="tiny data and one epoch per stage (smoke test)")
     p.add_argument("--no-export", action="store_true", help="skip the ONNX export")
+    from dgsnet_export.runtime.cli import add_progress_argument
+
+    add_progress_argument(p)  # dgsnet.cli.main applies it to every stage the demo runs
     p.set_defaults(func=main_from_args)
 

@@ -6,7 +6,7 @@ into one line on stderr (exit status 2).
 
   dgsnet export --ckpt RUN_DIR --out detector.onnx [--opset 17] [--fp16]
                 [--with-preprocessing] [--tensorrt]
-  dgsnet predict --ckpt RUN_DIR images/ [more files or folders] [--out preds.jsonl]
+  dgsnet predict --ckpt RUN_DIR images/ [more files or folders] [--out preds.jsonl|preds.csv]
 """
 from __future__ import annotations
 
@@ -117,7 +117,8 @@ def cmd_export(args) -> int:
                                    engine_path=engine)
         script = out.with_suffix(".trtexec.sh")
         atomic_write(str(script), "#!/bin/sh\n# TensorRT engine for " + out.name + " (batch profile "
-                     f"{args.min_batch}/{args.opt_batch}/{args.max_batch}, fp16)\n" + command + "\n")
+                     f"{args.min_batch}/{args.opt_batch}/{args.max_batch}, fp16)\n" + command + "\n",
+                     executable=True)
         record["tensorrt"] = {"command": command, "script": str(script)}
         print(f"TensorRT command (also in {script}):\n  {command}")
         if tensorrt_available():
@@ -176,7 +177,10 @@ def cmd_predict(args) -> int:
     from dgsnet.models import LABELS
     from dgsnet.predict import TorchPredictor
 
+    from dgsnet_export.runtime.records import resolve_format
+
     _check_run_dir(args.ckpt)
+    fmt = resolve_format(args.format, args.out)
     if args.out:  # before the checkpoint is loaded
         from dgsnet.outputs import check_output
 
@@ -190,29 +194,31 @@ def cmd_predict(args) -> int:
                                **layout_options(args))
     engine = f"torch {predictor.device} ({predictor.meta['backbone']['model']}, {predictor.head} head)"
     tally = score_and_report(found, predictor.logits, predictor.preprocess, labels=LABELS,
-                             threshold=args.threshold, batch_size=args.batch, workers=args.workers,
+                             threshold=args.threshold, batch_size=args.batch_size, workers=args.workers,
                              out=args.out, progress=not args.no_progress, prog="dgsnet predict",
-                             engine=engine, pixel_budget=args.pixel_budget)
+                             engine=engine, pixel_budget=args.pixel_budget, fmt=fmt)
     return 1 if tally.errors else 0
 
 
 def add_predict_parser(sub) -> None:
-    p = sub.add_parser("predict", help="score images with a checkpoint through torch (JSON lines)",
+    from dgsnet_export.runtime.cli import (add_batch_size_argument, add_format_argument, add_layout_arguments,
+                                           add_memory_arguments, add_progress_argument)
+
+    p = sub.add_parser("predict", help="score images with a checkpoint through torch (JSON lines or CSV)",
                        description="Score image files and folders with a run directory's detector through "
                                    "torch. Same records as `dgsnet-predict detector.onnx ...`: "
                                    '{"path", "logit", "probability", "label"}, or {"path", "error"} for a file '
                                    "that cannot be read (the others are still scored; exit status 1).")
     p.add_argument("--ckpt", required=True, help="finished run directory (model.safetensors + model.json)")
     p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
-    p.add_argument("--out", help="write the JSON lines here instead of stdout")
-    p.add_argument("--batch", type=_positive, default=16, help="images per forward pass (default 16)")
+    p.add_argument("--out", help="write the records here instead of stdout")
+    add_format_argument(p)
+    add_batch_size_argument(p, 16, "images per forward pass")
     p.add_argument("--threshold", type=_probability, default=0.5, help="label threshold (default 0.5)")
     add_checkpoint_arguments(p)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, help="threads decoding and preprocessing images (default: up to 4)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    from dgsnet_export.runtime.cli import add_layout_arguments, add_memory_arguments
-
+    add_progress_argument(p)
     add_layout_arguments(p)
     add_memory_arguments(p)
     p.set_defaults(func=cmd_predict)

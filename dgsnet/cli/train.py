@@ -1,6 +1,8 @@
 """`dgsnet train-teacher` and `dgsnet train`: the two training stages, and what an interrupt left."""
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
 
 
@@ -15,13 +17,25 @@ def _add_train_parser(sub, name: str, stage: int, help_text: str) -> None:
     from dgsnet.train.config import add_config_arguments
 
     p = sub.add_parser(name, help=help_text, description=help_text)
-    add_config_arguments(p)
+    add_config_arguments(p, stage=stage)  # the other stage's flags are not offered
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (with the run's own settings)")
     p.add_argument("--allow-config-change", action="store_true",
                    help="with --resume: continue even though settings that change the result (lr, batch "
                         "size, data, backbone, LoRA, surgery, ...) differ from the run's; the change is logged")
+    from dgsnet_export.runtime.cli import add_progress_argument
+
+    add_progress_argument(p)  # not a config key: dgsnet.cli.main applies it process-wide (dgsnet.progress)
+    # the old `--tensorboard` switch (hidden): today `--report-to tensorboard`
+    p.add_argument("--tensorboard", dest="legacy_tensorboard", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=lambda a: _cmd_train(a, stage))
+
+
+def with_legacy_switches(args, cfg):
+    """`cfg` with the hidden switches of older versions applied (--tensorboard)."""
+    if getattr(args, "legacy_tensorboard", False):
+        cfg = dataclasses.replace(cfg, report_to=[*cfg.report_to, "tensorboard"])
+    return cfg
 
 
 def _cmd_train(args, stage: int) -> int:
@@ -30,7 +44,8 @@ def _cmd_train(args, stage: int) -> int:
 
     from dgsnet.train.distributed import from_env
 
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, stage=stage)  # stage 2: the --teacher run's backbone, checked here
+    cfg = with_legacy_switches(args, cfg)
     args.run_dir = cfg.out  # --out or the config file's: where an interrupt's note looks
     ctx = from_env()  # torchrun sets WORLD_SIZE/RANK; a plain run is one process
     # A checkpoint write cut short removes its own staging folder (dgsnet.models.checkpoint.write_resume).

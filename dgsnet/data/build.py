@@ -7,10 +7,10 @@ from pathlib import Path
 from dgsnet.image.preprocess import PUBLISHED_PATCH_SEED
 
 from .augment import Augment
-from .captions import (CaptionIndex, CaptionsError, assign_captions, caption_table, check_template_fraction,
-                       report_captions)
+from .captions import (CaptionIndex, assign_captions, caption_table, check_template_fraction, report_captions,
+                       template_caption)
 from .dataset import FolderDataset
-from .layouts import EXPECTED, LayoutError, find_samples, find_subsets
+from .layouts import EXPECTED, LayoutError, find_samples, list_eval_subsets
 from .perturb import Perturbation
 
 log = logging.getLogger("dgsnet.data")
@@ -60,38 +60,16 @@ def build_eval_subsets(root, norm: str = "imagenet", captions=None, perturb: Per
     subset. `perturb` degrades every image before patch selection; patch_order, patch_seed,
     decode, pixel_budget (megapixels, or "off"; None: DGSNET_PIXEL_BUDGET or the machine default)
     and jpeg_draft are FolderDataset's.
-    Captions are optional here (scoring does not use them): keys relative to `root`, absolute, or
-    matched by path suffix; ambiguous or missing ones get the template, counted in one log line.
+    Captions are neither read nor checked (scoring does not use them; `captions` is accepted and
+    ignored): every item carries the label-free template caption.
     A subset folder without images is skipped with a warning (an error if it is the only one).
     """
     root = Path(root)
-    try:
-        table, file = caption_table(root, captions)
-    except CaptionsError as exc:
-        if captions:  # a file named on the command line must be right
-            raise
-        log.warning("ignored the captions file found for %s: %s", root, exc)
-        table, file = {}, None
-    found, listed = find_subsets(root), []
-    for name, folder in found:
-        try:
-            listed.append((name, folder, find_samples(folder)))
-        except LayoutError as exc:
-            if len(found) == 1:
-                raise
-            log.warning("skipped subset %s: %s", name, exc)  # one empty generator folder must not stop the rest
-    if not listed:
-        raise LayoutError(f"{root}: every subset folder is empty; {EXPECTED}")
-    # one assignment over all subsets: a key exactly matching an image of one subset is not
-    # handed to a look-alike of another by suffix, and look-alikes tie instead of guessing
-    assigned = assign_captions([s for _, _, samples in listed for s in samples], root,
-                               CaptionIndex(table, file), strict=False)
-    subsets, start = [], 0
-    for name, folder, samples in listed:
-        texts, start = assigned.captions[start:start + len(samples)], start + len(samples)
+    subsets = []
+    for name, folder, samples in list_eval_subsets(root):
+        texts = [template_caption(s.group) for s in samples]
         subsets.append((name, FolderDataset(samples, texts, norm=norm, perturb=perturb, strict=strict,
                                             name=f"{root}/{name}" if folder != root.resolve() else str(root),
                                             patch_order=patch_order, patch_seed=patch_seed, decode=decode,
                                             pixel_budget=pixel_budget, jpeg_draft=jpeg_draft)))
-    report_captions(assigned.missing, start, root, file, assigned.exact, assigned.suffix, len(assigned.ambiguous))
     return subsets

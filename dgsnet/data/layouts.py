@@ -198,3 +198,23 @@ def find_subsets(root) -> list[tuple[str, Path]]:
     if not subsets:
         raise LayoutError(f"{folder}: no 0_real/ or 1_fake/ folder found at depth 1-3; {EXPECTED}")
     return subsets
+
+
+def list_eval_subsets(root) -> list[tuple[str, Path, list[Sample]]]:
+    """(name, folder, samples) of each test subset of `root` (see find_subsets), sorted by name.
+
+    A subset folder without images is skipped with a warning (an error if it is the only one):
+    one empty generator folder must not stop the rest.
+    """
+    root = Path(root)
+    found, listed = find_subsets(root), []
+    for name, folder in found:
+        try:
+            listed.append((name, folder, find_samples(folder)))
+        except LayoutError as exc:
+            if len(found) == 1:
+                raise
+            log.warning("skipped subset %s: %s", name, exc)
+    if not listed:
+        raise LayoutError(f"{root}: every subset folder is empty; {EXPECTED}")
+    return listed

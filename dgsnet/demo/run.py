@@ -16,8 +16,6 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from dgsnet.demo.builder import NOTE, build_demo_dataset
-
 # method label -> (stage-2 surgery mode or None for the probe alone); layer and both are
 # dgsnet's parameter-space extension, in neither the paper nor the published code
 METHODS = {
@@ -88,6 +86,7 @@ def _interrupted(run_dir: str) -> bool:
 
 def run_demo(demo: DemoConfig) -> dict:
     """Runs the demo; returns {"acc": rows, "ap": rows, "files": {...}}. Reuses finished stages in `out`."""
+    from dgsnet.demo.builder import NOTE, build_demo_dataset  # here: `dgsnet demo --help` needs no scipy
     from dgsnet.evaluate import evaluate_detector
     from dgsnet.predict import load_detector
     from dgsnet.report import markdown_table, plot_subsets, robustness_rows, write_csv, write_json

@@ -174,16 +174,30 @@ def _load_local(model: nn.Module, path: str) -> None:
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
 
 
+def check_source(spec: BackboneSpec) -> str:
+    """What create_clip needs, checked without building anything: the model config, the weights
+    (a local file that exists, or a tag that is cached or downloadable now) and the activation.
+    Returns the activation the backbone runs."""
+    model_config(spec)
+    pretrained = spec.pretrained
+    if is_weights_file(pretrained) and not os.path.isfile(pretrained):
+        raise FileNotFoundError(f"pretrained weights file {pretrained} does not exist or is not a regular file; give an "
+                                "open_clip tag (e.g. openai) or an existing local file")
+    activation = resolve_activation(spec)
+    if pretrained and not (is_config_file(spec.model) or is_weights_file(pretrained)):
+        from dgsnet.models.weights import check_available
+
+        check_available(spec.model, pretrained)  # not cached and no network: fail now, not after retries
+    return activation
+
+
 def create_clip(spec: BackboneSpec) -> nn.Module:
     """The full CLIP model (visual + text towers) in float32 on the CPU, in eval mode."""
     import open_clip
 
     cfg = model_config(spec)
     pretrained = spec.pretrained
-    if is_weights_file(pretrained) and not os.path.isfile(pretrained):
-        raise FileNotFoundError(f"pretrained weights file {pretrained} does not exist or is not a regular file; give an "
-                                "open_clip tag (e.g. openai) or an existing local file")
-    quick_gelu = resolve_activation(spec) == "quick_gelu"
+    quick_gelu = check_source(spec) == "quick_gelu"
     torch.manual_seed(spec.init_seed)  # random init (and any random head) is reproducible
     if is_config_file(spec.model) or is_weights_file(pretrained) or not pretrained:
         model = _build_from_config(cfg, quick_gelu)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import torch
 from safetensors.torch import save
@@ -42,13 +43,25 @@ def contiguous_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 def write_model(directory: str, model, stage: int, config: dict, step: int,
-                state: dict[str, torch.Tensor] | None = None) -> None:
-    """`state` replaces model.trained_state_dict() (a sharded model passes its gathered tensors)."""
+                state: dict[str, torch.Tensor] | None = None, extra: dict | None = None) -> None:
+    """`state` replaces model.trained_state_dict() (a sharded model passes its gathered tensors);
+    `extra` adds keys to model.json (a best checkpoint's validation result)."""
     os.makedirs(directory, exist_ok=True)
     state = state if state is not None else model.trained_state_dict()
     atomic_write(os.path.join(directory, MODEL_FILE), save(contiguous_tensors(state)))
-    meta = model_metadata(model, stage, config, step)
-    atomic_write(os.path.join(directory, META_FILE), json.dumps(meta, indent=2))
+    meta = {**model_metadata(model, stage, config, step), **(extra or {})}
+    atomic_write(os.path.join(directory, META_FILE), json.dumps(meta, indent=2, default=float))
+
+
+def replace_folder(staged: str, final: str) -> None:
+    """Swaps a fully written `staged` folder in for `final` by renames: a reader finds the old
+    folder, or `final`.old during the swap, never a half-written one."""
+    old = final + ".old"
+    if os.path.isdir(final):
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(staged, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_metadata(directory: str) -> dict:

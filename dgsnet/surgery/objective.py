@@ -87,7 +87,7 @@ def dgs_objective(
     eps: float = 1e-6,
     mode: str = "feature",
     variant: str = "published",
-    backend: str = "reference",
+    backend: str = "auto",
     check_labels: bool = True,
 ) -> DGSLoss:
     """L = L_img + L_text + lam * L_align with orthogonal suppression of the feature gradient.
@@ -108,10 +108,11 @@ def dgs_objective(
             neither the paper nor the published code.
         variant: "published" projects the sum of task and alignment
             gradients; "paper" projects the task gradient then adds alignment.
-        backend: reference (plain PyTorch, the specification), cpp, cuda or
+        backend: auto (the default): the fastest available for the features'
+            device (cuda on a GPU, cpp on the CPU, else reference);
+            reference (plain PyTorch, the specification), cpp, cuda or
             triton (one fused op for the whole objective, forward and
-            backward), or auto: the fastest available for the features'
-            device (cuda on a GPU, cpp on the CPU, else reference).
+            backward). All agree within float tolerance (tests/surgery).
         check_labels: verify labels are 0/1 (one device sync).
     """
     if mode not in MODES:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field, fields
 
 import yaml
 
-from dgsnet.models import BackboneSpec, LoRAConfig
+if typing.TYPE_CHECKING:  # imported where used: `dgsnet train --help` must not need torch
+    from dgsnet.models import BackboneSpec, LoRAConfig
 
 
 #: `--preset published`: every knob at the behaviour of the published DGS-Net code
@@ -35,6 +36,12 @@ PRESETS: dict[str, dict] = {
         "seed": 100,  # seed_torch(100); the random streams differ, so runs are not bit-identical
     },
 }
+
+
+#: --best-metric choices; loss is minimised, the others maximised.
+BEST_METRICS = ("acc", "ap", "auc", "loss")
+#: --report-to targets -> the package each needs.
+REPORT_TARGETS = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
 
 @dataclass
@@ -99,7 +106,13 @@ class TrainConfig:
     teacher: str | None = None  # stage-1 run directory (for stage 2)
     log_every: int = 10  # optimiser steps between log records
     ckpt_every: int = 100  # optimiser steps between resumable checkpoints
-    tensorboard: bool = False  # also write TensorBoard events (needs the tensorboard package)
+    report_to: list[str] = field(default_factory=list)  # also log to: tensorboard, wandb (comma or space separated; none by default)
+    wandb_project: str | None = None  # W&B project for --report-to wandb (default: $WANDB_PROJECT, else dgsnet)
+    # validation and the best checkpoint (<out>/best/)
+    val_data: str | None = None  # validation set root (same layouts as --data), scored without augmentation
+    val_every: int | None = None  # optimiser steps between validations (0 or unset: at each epoch's end)
+    best_metric: str | None = None  # acc, ap, auc or loss (minimised): which validation picks <out>/best/ (ap when unset; needs --val-data)
+    early_stop: int | None = None  # stop after this many validations without improvement (needs --val-data)
     caption_cache: str | None = None  # safetensors file reused across runs; default <out>/caption_cache.safetensors
 
     def __post_init__(self):
@@ -134,12 +147,37 @@ class TrainConfig:
             raise ValueError(f"preset={self.preset!r}: choose one of {', '.join(PRESETS)}")
         if not 0.0 <= self.caption_max_template <= 1.0:
             raise ValueError(f"caption_max_template must be a fraction in [0, 1], got {self.caption_max_template}")
+        self.report_to = _report_targets(self.report_to)
+        self._check_validation()
+
+    def _check_validation(self) -> None:
+        if self.val_every is not None and self.val_every < 0:
+            raise ValueError(f"val_every must be >= 0 (0 or unset: at each epoch's end), got {self.val_every}")
+        if self.best_metric is not None and self.best_metric not in BEST_METRICS:
+            raise ValueError(f"best_metric={self.best_metric!r}: choose one of {', '.join(BEST_METRICS)}")
+        if self.early_stop is not None and self.early_stop < 1:
+            raise ValueError(f"early_stop must be >= 1 validations, got {self.early_stop}")
+        if not self.val_data:
+            given = [flag for flag, value in (("--best-metric", self.best_metric), ("--early-stop", self.early_stop),
+                                              ("--val-every", self.val_every)) if value is not None]
+            if given:
+                raise ValueError(f"{' and '.join(given)} need a validation set: add --val-data DIR "
+                                 "(same layouts as --data), or drop them")
+
+    @property
+    def selection_metric(self) -> str:
+        """The validation metric that picks <out>/best/ (ap unless --best-metric says otherwise)."""
+        return self.best_metric or "ap"
 
     def backbone(self) -> BackboneSpec:
+        from dgsnet.models import BackboneSpec
+
         return BackboneSpec(model=self.model, pretrained=self.pretrained, init_seed=self.init_seed,
                             activation=self.activation)
 
     def lora(self) -> LoRAConfig:
+        from dgsnet.models import LoRAConfig
+
         blocks = "all" if str(self.lora_blocks) == "all" else [int(b) for b in str(self.lora_blocks).split(",")]
         return LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout,
                           targets=tuple(self.lora_targets), blocks=blocks, scaling=self.lora_scaling,
@@ -155,6 +193,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> TrainConfig:
+        values = _legacy_keys(values, source)
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:
@@ -182,9 +221,40 @@ class TrainConfig:
 
 
 #: Settings that only say how a run executes, not what it computes: a resumed run may change them.
+#: Validation (val_data, val_every, best_metric) only decides which weights are copied to best/:
+#: it runs in eval mode on a forked RNG, so the trajectory is the same; early_stop ends the run
+#: and is compared.
 RUNTIME_ONLY = frozenset({"out", "workers", "log_every", "ckpt_every", "tensorboard", "caption_cache", "device",
                           "backend", "compile", "strict_data", "fsdp", "preset",
-                          "pixel_budget"})
+                          "pixel_budget", "report_to", "wandb_project", "val_data", "val_every", "best_metric"})
+
+
+def _report_targets(values) -> list[str]:
+    """--report-to as a clean list: commas or spaces separate, `none` means nothing."""
+    if isinstance(values, str):
+        values = [values]
+    names = [part.strip() for value in values for part in str(value).split(",") if part.strip()]
+    names = [n for n in dict.fromkeys(names) if n != "none"]
+    unknown = [n for n in names if n not in REPORT_TARGETS]
+    if unknown:
+        raise ValueError(f"report_to: {', '.join(map(repr, unknown))} is not a target; choose from "
+                         f"{', '.join(REPORT_TARGETS)} (comma-separated), or none")
+    return names
+
+
+def _legacy_keys(values: dict, source: str) -> dict:
+    """Keys of configs saved by older dgsnet versions, mapped to today's (old runs must resume)."""
+    if "tensorboard" not in values:
+        return values
+    values = dict(values)
+    old = values.pop("tensorboard")
+    if not isinstance(old, bool):
+        raise ValueError(f"{source}: tensorboard: {old!r} is not a boolean (true or false); "
+                         "today's key is report_to: [tensorboard]")
+    if old:
+        current = values.get("report_to") or []
+        values["report_to"] = [*([current] if isinstance(current, str) else current), "tensorboard"]
+    return values
 
 
 def result_changes(saved: dict, current: dict) -> dict[str, tuple]:
@@ -228,6 +298,8 @@ def _typed(f: dataclasses.Field, value, source: str):
         return value
     if kind is float:
         return _typed_scalar(float, value, f.name, source, "")
+    if f.name == "report_to" and isinstance(value, str):  # `report_to: tensorboard,wandb` in a file
+        value = [value]
     if typing.get_origin(kind) is list:
         inner = typing.get_args(kind)[0]
         if not isinstance(value, (list, tuple)):
@@ -290,18 +362,34 @@ def _field_docs() -> dict[str, str]:
     return docs
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """One flag per config field (--lr, --lora-rank, ...); unset flags keep file/default values."""
-    parser.add_argument("--config", help="YAML file of config keys (flags override it)")
+def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (),
+                         stage: int | None = None) -> None:
+    """One flag per config field (--lr, --lora-rank, ...); unset flags keep file/default values.
+
+    `stage` 1 or 2: the flags only the other stage reads are not offered (giving one is an
+    'unrecognized arguments' error that names the command having it)."""
+    from dgsnet.train.flags import LIST_FLAGS, STAGE_COMMANDS, STAGE_ONLY, ListAction, OtherStageFlag
+
+    parser.add_argument("--config", help="YAML file of config keys (flags override it); it may hold the "
+                                         "keys of both stages, each stage uses its own")
     docs, defaults = _field_docs(), TrainConfig().to_dict()
+    other = 3 - stage if stage in (1, 2) else None
     for f in fields(TrainConfig):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = _field_type(f)
+        if other is not None and f.name in STAGE_ONLY[other]:
+            names = [flag, "--no-" + flag[2:]] if kind is bool else [flag]
+            parser.add_argument(*names, dest=f"other_stage_{f.name}", action=OtherStageFlag,
+                                owner=STAGE_COMMANDS[other])
+            continue
         # argparse %-formats help strings: a literal % in a field's comment must be doubled.
         text = f"{docs.get(f.name, '')} (default: {defaults[f.name]})".strip().replace("%", "%%")
-        if kind is bool:
+        if f.name in LIST_FLAGS:
+            parser.add_argument(flag, dest=f.name, action=ListAction, default=None,
+                                help=f"{text}; {LIST_FLAGS[f.name].forms}".replace("%", "%%"))
+        elif kind is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=text)
         elif typing.get_origin(kind) is list:
@@ -312,8 +400,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
                                 help=text)
 
 
-def config_from_args(args: argparse.Namespace, **fixed) -> TrainConfig:
-    """defaults < --preset < --config file < flags < `fixed`."""
+def config_from_args(args: argparse.Namespace, *, stage: int | None = None, **fixed) -> TrainConfig:
+    """defaults < --preset < (stage 2) the --teacher run's backbone < --config file < flags < `fixed`."""
     base = _read_yaml(args.config) if getattr(args, "config", None) else {}
     for f in fields(TrainConfig):
         value = getattr(args, f.name, None)
@@ -326,4 +414,13 @@ def config_from_args(args: argparse.Namespace, **fixed) -> TrainConfig:
         if overridden:
             print(f"preset {preset}: overridden by your config/flags: "
                   + ", ".join(f"{k}={base[k]!r} (preset {PRESETS[preset][k]!r})" for k in overridden), flush=True)
+    if stage == 2 and base.get("teacher"):
+        from dgsnet.train.inherit import inherit
+
+        given = dict(base)
+        base = inherit(base, str(base["teacher"]))  # a bad --teacher fails here, before any model
+        taken = {k: v for k, v in base.items() if k not in given}
+        if taken:
+            print(f"from --teacher {base['teacher']}: " + ", ".join(f"{k}={v!r}" for k, v in taken.items()),
+                  flush=True)
     return TrainConfig.with_preset(preset, base, source=getattr(args, "config", None) or "flags")

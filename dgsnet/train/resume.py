@@ -44,11 +44,12 @@ def write_resume(run_dir: str, model, optimizer, scheduler, stage: int, config: 
                  position: dict, rng: dict[str, torch.Tensor] | None = None,
                  extra: dict[str, torch.Tensor] | None = None,
                  model_state: dict[str, torch.Tensor] | None = None,
-                 optimizer_state: dict | None = None) -> None:
+                 optimizer_state: dict | None = None, validation: dict | None = None) -> None:
     """Writes resume/ as a whole: into a temporary directory, then swapped in by renames.
 
     model_state / optimizer_state replace the model's and optimizer's own state
-    dicts (a sharded run passes full tensors gathered from every rank)."""
+    dicts (a sharded run passes full tensors gathered from every rank); `validation` is the
+    best-checkpoint tracker's state (dgsnet.train.validation), kept in state.json."""
     final = os.path.join(run_dir, RESUME_DIR)
     tmp, old = final + ".tmp", final + ".old"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -61,6 +62,8 @@ def write_resume(run_dir: str, model, optimizer, scheduler, stage: int, config: 
             **{f"extra.{k}": v for k, v in (extra or {}).items()}})))
         state = {"stage": stage, "position": position, "optimizer": opt_meta,
                  "scheduler": scheduler.state_dict() if scheduler is not None else None}
+        if validation is not None:
+            state["validation"] = validation
         atomic_write(os.path.join(tmp, "state.json"), json.dumps(state, indent=2, default=float))
     except BaseException:  # cut short (Ctrl-C, a full disk): resume/ still holds the last whole state
         shutil.rmtree(tmp, ignore_errors=True)

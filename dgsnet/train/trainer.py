@@ -11,25 +11,30 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
+from dgsnet.progress import reporter as progress_reporter
 from dgsnet.data.dataset import collate
 from dgsnet.device import resolve_device
 from dgsnet.models import CaptionFeatureCache, DGSNetModel
 from dgsnet.models import checkpoint as ckpt
+from dgsnet.models.backbone import check_source
 from dgsnet.surgery import LayerSurgery, dgs_objective
 from dgsnet.train import resume as resume_state
 from dgsnet.train.config import TrainConfig, result_changes
+from dgsnet.train.inherit import check_teacher
 from dgsnet.train.distributed import (DistContext, TrainableBranch, gather_full, gather_optimizer_state,
                                       is_sharded, no_sync, objective_scaling, shard_encoder, shard_like,
                                       shard_optimizer_state, wrap)
-from dgsnet.train.logger import RunLogger, memory_mb
+from dgsnet.train.curves import write_curves
+from dgsnet.train.logger import RunLogger, check_report_to, memory_mb
+from dgsnet.train.validation import Validation, build_val_dataset
 from dgsnet.train.sampler import EpochBatchSampler
 
 
@@ -76,7 +81,9 @@ class StageTrainer:
             self.device = torch.device("cuda", self.ctx.local_rank)
         self.amp = amp_dtype(cfg, self.device)
         self.run_dir = cfg.out
-        self.log = RunLogger(self.run_dir, enabled=self.ctx.is_main, tensorboard=cfg.tensorboard)
+        self.log = RunLogger(self.run_dir, enabled=self.ctx.is_main, report_to=cfg.report_to,
+                             wandb_project=cfg.wandb_project, config=cfg.to_dict())
+        self.validation = None  # a Validation when the run has --val-data (see _run_stage)
         model.to(self.device)
         model.set_stage(stage)
         self.sharded = stage == 2 and cfg.fsdp
@@ -153,6 +160,8 @@ class StageTrainer:
             self.log.record("config_change", step=state["position"]["step"],
                             changes={k: {"run": a, "now": b} for k, (a, b) in changes.items()})
         resume_state.restore_rng(state["rng"], self.rank)
+        if self.validation is not None:
+            self.validation.resume(state.get("validation"), self.log)
         if self.layer is not None and extra:
             self.layer.directions = [extra[f"layer_u.{i}"].to(self.device) for i in range(len(extra))]
         pos = state["position"]
@@ -191,7 +200,8 @@ class StageTrainer:
         resume_state.write_resume(self.run_dir, self.model, self.optimizer, self.scheduler, self.stage,
                           self.cfg.to_dict(), {"step": self.step, "epoch": self.epoch,
                                                "batch": self.batch_in_epoch}, rng=rng, extra=extra,
-                          model_state=model_state, optimizer_state=optimizer_state)
+                          model_state=model_state, optimizer_state=optimizer_state,
+                          validation=self.validation.best.state() if self.validation is not None else None)
         self.ctx.barrier()
 
     # -- the loop ---------------------------------------------------------------------------
@@ -274,8 +284,8 @@ class StageTrainer:
                       f"of {counts['total']:,} parameters, device {self.device}, amp {self.amp}")
         self.log.record("start", stage=self.stage, total_steps=self.total_steps, params=counts,
                         config=cfg.to_dict())
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"stage {self.stage}",
-                   disable=self.rank != 0, dynamic_ncols=True)
+        bar = progress_reporter(self.total_steps, f"stage {self.stage}", unit="steps", initial=self.step,
+                                enabled=self.rank == 0)
         window, window_images, window_start = {}, 0, time.perf_counter()
         done = self.step >= self.total_steps
         while not done and self.epoch < self.epochs:
@@ -317,6 +327,9 @@ class StageTrainer:
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     window, window_images, window_start = self._log_window(
                         window, window_images, window_start, bar)
+                if self._validate(epoch_end=False):
+                    done = True  # --early-stop: the run ends here and finishes normally
+                    break
                 if self.step % cfg.ckpt_every == 0 and self.step < self.total_steps:
                     self._save_resume()
                 if self.step >= self.total_steps:
@@ -329,6 +342,8 @@ class StageTrainer:
                 self.epoch += 1
                 self.batch_in_epoch = 0
                 done = self.step >= self.total_steps
+                if not done and self._validate(epoch_end=True):
+                    done = True
                 if not done:
                     self._save_resume()
         bar.close()
@@ -336,8 +351,16 @@ class StageTrainer:
             raise RuntimeError(f"stage {self.stage} ran no training step: every batch of {len(self.dataset)} "
                                "images was unreadable (see the skipped-image warnings); fix or remove those "
                                "files. Nothing was written as finished.")
+        if self.validation is not None:
+            self.validation.finish(self)
         if self.caption_cache is not None and self.rank == 0:
             self.caption_cache.save()
+
+    def _validate(self, epoch_end: bool) -> bool:
+        """A validation pass when --val-every (or the epoch's end) calls for one; True: stop early."""
+        if self.validation is None or not self.validation.due(self.step, epoch_end):
+            return False
+        return self.validation.run(self)
 
     def _log_window(self, window, images, start, bar):
         seconds = time.perf_counter() - start
@@ -430,27 +453,41 @@ def _run_stage(cfg: TrainConfig, stage: int, dataset: Dataset | None, resume: bo
         return _load_finished(cfg, stage)
     if ctx.is_main:
         _prepare_run_dir(cfg, resume)
-    # Bad data fails before the model loads, and before the run folder exists.
+        check_report_to(cfg.report_to)  # a missing tracker package fails before any work
+    # Missing weights and bad data fail before the model loads, and before the run folder exists.
+    check_source(cfg.backbone())
     dataset = dataset if dataset is not None else build_dataset(cfg)
-    if ctx.is_main:
-        os.makedirs(cfg.out, exist_ok=True)
-    ctx.barrier()
+    val_dataset = build_val_dataset(cfg)
     torch.manual_seed(cfg.seed)
     model = DGSNetModel(cfg.backbone(), cfg.lora())
     if stage == 2:
         load_teacher_head(model, cfg.teacher)
-    trainer = StageTrainer(cfg, stage, model, dataset, ctx)
-    if resume and not trainer.resume(allow_changes):
-        trainer.log.info(f"--resume: no checkpoint in {cfg.out}; starting from the beginning")
-    if ctx.is_main:  # after the resume checks: config.yaml says what this run computes with
-        cfg.save(os.path.join(cfg.out, "config.yaml"))
-    trainer.fit()
+    created = ctx.is_main and not os.path.exists(cfg.out)
+    if ctx.is_main:
+        os.makedirs(cfg.out, exist_ok=True)
+    ctx.barrier()
+    trainer = None
+    try:
+        trainer = StageTrainer(cfg, stage, model, dataset, ctx)
+        trainer.validation = Validation(cfg, val_dataset) if val_dataset is not None else None
+        if resume and not trainer.resume(allow_changes):
+            trainer.log.info(f"--resume: no checkpoint in {cfg.out}; starting from the beginning")
+        if ctx.is_main:  # after the resume checks: config.yaml says what this run computes with
+            cfg.save(os.path.join(cfg.out, "config.yaml"))
+        trainer.fit()
+    except Exception:
+        if created and (trainer is None or trainer.step == 0):  # failed before its first step: no trace
+            if trainer is not None:
+                trainer.log.close()
+            shutil.rmtree(cfg.out, ignore_errors=True)
+        raise
     state = trainer.full_trained_state()  # a collective when sharded: before the rank-0 branch
     if ctx.is_main:
         ckpt.write_model(cfg.out, model, stage, cfg.to_dict(), trainer.step, state=state)
         resume_state.remove_resume(cfg.out)
         what = "teacher head" if stage == 1 else "detector"
         trainer.log.info(f"stage {stage} done: {what} written to {cfg.out}")
+        write_curves(cfg.out, title=f"{os.path.basename(os.path.normpath(cfg.out))}: stage {stage}")
     ctx.barrier()
     trainer.log.close()
     return model
@@ -479,4 +516,5 @@ def train_dgs(cfg: TrainConfig, dataset: Dataset | None = None, resume: bool = F
     if not cfg.teacher:
         raise ValueError("stage 2 needs the stage-1 teacher: pass --teacher RUN_DIR "
                          "(the --out of `dgsnet train-teacher`)")
+    check_teacher(cfg)  # missing, unfinished or on another backbone: before any model is built
     return _run_stage(cfg, 2, dataset, resume, ctx, allow_changes)

@@ -1,7 +1,8 @@
 """`dgsnet-predict detector.onnx images/ [more files or folders]`: score images with an exported detector.
 
-Writes one JSON line per input, {"path", "logit", "probability", "label"} or
-{"path", "error"} for a file that cannot be read, to stdout or --out, and a
+Writes one record per input, {"path", "logit", "probability", "label"} or
+{"path", "error"} for a file that cannot be read, to stdout or --out, as JSON
+lines or CSV (--format; by default the one --out's suffix names), and a
 summary to stderr. Exit status: 0 all inputs scored, 1 some could not be
 read or scored NaN/inf (their lines say why), 2 the model or the arguments
 are unusable (one line naming the file and the fix; --debug shows the
@@ -40,6 +41,40 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
                         help="megapixels all decoding workers may hold at once (or 'off'); an image waits "
                              "until it fits, one larger than the budget is an error record (default: "
                              "$DGSNET_PIXEL_BUDGET, else 25%% of this machine's memory at 12 bytes/pixel)")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+def add_batch_size_argument(parser: argparse.ArgumentParser, default: int, help: str) -> None:
+    """--batch-size, the one spelling every command uses; --batch, its old spelling on the predict
+    commands and `dgsnet check`, still works but is not shown."""
+    parser.add_argument("--batch-size", type=positive_int, default=default, metavar="N",
+                        help=f"{help} (default {default})")
+    parser.add_argument("--batch", dest="batch_size", type=positive_int, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)
+
+
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    """--no-progress: shared by every command that reports progress (dgsnet.progress)."""
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress on stderr (by default a bar on a terminal; in a log or pipe one plain "
+                             "line every $DGSNET_PROGRESS_SECONDS (default 30) seconds and one at the end)")
+
+
+def add_format_argument(parser: argparse.ArgumentParser) -> None:
+    """--format of the prediction records (dgsnet-predict, dgsnet predict)."""
+    parser.add_argument("--format", choices=["jsonl", "csv"], default=None,
+                        help="jsonl (one JSON object a line) or csv (a header, then one row an image; an "
+                             "unreadable file's row has its text in the error column); default: by the --out "
+                             "suffix (.csv is csv), else jsonl")
 
 
 def add_layout_arguments(parser: argparse.ArgumentParser) -> None:
@@ -313,8 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="the exported detector (.onnx), from `dgsnet export`")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
-    parser.add_argument("--out", help="write the JSON lines here instead of stdout")
-    parser.add_argument("--batch", type=int, default=16, help="images per onnxruntime call (default 16)")
+    parser.add_argument("--out", help="write the records here instead of stdout")
+    add_format_argument(parser)
+    add_batch_size_argument(parser, 16, "images per onnxruntime call")
     parser.add_argument("--provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"],
                         help="execution provider; auto = TensorRT, else CUDA, else CPU")
     parser.add_argument("--threshold", type=float, help="probability at which the label is the positive "
@@ -323,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, help="threads decoding and preprocessing images (default: up to 4)")
     parser.add_argument("--no-trt-fp16", action="store_true", help="keep TensorRT in float32")
     parser.add_argument("--trt-cache", help="folder to cache TensorRT engines in (rebuilds are slow)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_progress_argument(parser)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     from dgsnet.version import __version__
 
@@ -360,21 +396,33 @@ def main(argv: list[str] | None = None) -> int:
 def _predict(argv: list[str] | None, command: Command) -> int:
     args = build_parser().parse_args(argv)
     command.debug = args.debug
+    from dgsnet.extras import missing_extra
+
+    absent = missing_extra("dgsnet-predict", ["onnxruntime"])
+    if absent:  # the core install parses flags; scoring needs the [runtime] (or [gpu]) extra
+        print(absent, file=sys.stderr)
+        return 2
     if args.out:
         command.output = f"--out {args.out}"
         before = file_state(args.out)
         command.on_interrupt = lambda: output_note(args.out, before)
-    if args.batch < 1:
-        print(f"dgsnet-predict: --batch {args.batch}: must be >= 1", file=sys.stderr)
-        return 2
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         print(f"dgsnet-predict: --threshold {args.threshold}: must be a probability in (0, 1)", file=sys.stderr)
         return 2
 
     from .metadata import MetadataError
     from dgsnet.outputs import OutputError, check_output
-    from .records import score_and_report
+    from dgsnet.progress import ProgressSettingError, period_seconds
+    from .records import FormatError, resolve_format, score_and_report
     from .detector import ModelLoadError, OnnxDetector
+
+    try:  # settings first: a mistake costs no model load
+        fmt = resolve_format(args.format, args.out)
+        if not args.no_progress:
+            period_seconds()
+    except (FormatError, ProgressSettingError) as exc:
+        print(f"dgsnet-predict: {exc}", file=sys.stderr)
+        return 2
 
     protected = [(args.model, "the model")]
     if os.path.exists(args.model + ".data"):  # weights of a model over 2 GB
@@ -386,7 +434,7 @@ def _predict(argv: list[str] | None, command: Command) -> int:
         return 2
     try:
         detector = OnnxDetector(args.model, provider=args.provider, threads=args.threads,
-                                max_batch=max(args.batch, 1), trt_fp16=not args.no_trt_fp16,
+                                max_batch=args.batch_size, trt_fp16=not args.no_trt_fp16,
                                 trt_cache_dir=args.trt_cache, **layout_options(args))
     except (ModelLoadError, MetadataError) as exc:
         if args.debug:
@@ -405,9 +453,9 @@ def _predict(argv: list[str] | None, command: Command) -> int:
     engine = f"{detector.provider} ({detector.path.name}: {info.backbone}, {info.precision})"
     try:
         tally = score_and_report(found, detector.logits, detector.preprocess, labels=info.labels,
-                                 threshold=threshold, batch_size=args.batch, workers=args.workers,
+                                 threshold=threshold, batch_size=args.batch_size, workers=args.workers,
                                  out=args.out, progress=not args.no_progress, prog="dgsnet-predict",
-                                 engine=engine, pixel_budget=args.pixel_budget)
+                                 engine=engine, pixel_budget=args.pixel_budget, fmt=fmt)
     except OutputError as exc:
         if args.debug:
             raise

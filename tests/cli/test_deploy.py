@@ -1,6 +1,7 @@
 """`dgsnet export` and `dgsnet predict` on a trained run directory (dgsnet.cli.deploy)."""
 import argparse
 import json
+import os
 import shlex
 from pathlib import Path
 
@@ -65,6 +66,7 @@ def test_export_records_checkpoint_metadata_report_and_tensorrt_command(trained_
     assert {"--minShapes=images:1x3x224x224", "--optShapes=images:8x3x224x224",
             "--maxShapes=images:32x3x224x224", f"--onnx={exported}"} <= set(command)
     assert record["tensorrt"]["command"] in exported.with_suffix(".trtexec.sh").read_text()
+    assert os.access(exported.with_suffix(".trtexec.sh"), os.X_OK)  # a script, ready to run
     assert record["tensorrt"]["engine"] is None  # no TensorRT on this machine: said, not built
     assert not exported.with_suffix(".engine").exists()
 

@@ -90,13 +90,14 @@ def test_captions_file_and_fallback_count_logged_once(tmp_path, caplog):
     assert len(warnings) == 1 and "3 of 6 images" in warnings[0]
 
 
-def test_eval_fallback_count_is_one_total(tmp_path, caplog):
+def test_eval_subsets_read_no_captions(tmp_path, caplog):
+    # scoring never uses captions: eval neither reads a captions file nor warns about missing ones
     subsets_tree(tmp_path)
     write_captions(tmp_path, {"gan_a/0_real/r0.png": "x"})
-    with caplog.at_level(logging.WARNING, logger="dgsnet.data"):
-        build_eval_subsets(tmp_path)
-    warnings = [r.getMessage() for r in caplog.records if "template caption" in r.getMessage()]
-    assert len(warnings) == 1 and "13 of 14 images" in warnings[0]
+    with caplog.at_level(logging.INFO, logger="dgsnet.data"):
+        subsets = build_eval_subsets(tmp_path)
+    assert not [r for r in caplog.records if "caption" in r.getMessage()]
+    assert "x" not in [c for _, d in subsets for c in d.captions]
 
 
 def test_explicit_captions_file_errors(tmp_path):

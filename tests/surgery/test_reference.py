@@ -1,6 +1,6 @@
 """The specification, dgsnet/surgery/reference.py, against an independent formulation of
 docs/method.md section 2 (tests/surgery/independent.py), and its per-layer projection
-(section 3). dgs_objective's default backend is "reference": it runs reference.objective.
+(section 3). backend="reference" (named here; the default is "auto") runs reference.objective.
 """
 import pytest
 import torch
@@ -145,7 +145,8 @@ def test_half_precision_features_get_float32_surgery():
     prob = Problem(batch=5, dim=7, seed=30, dtype=torch.float32)
     feats = prob.net(prob.x).detach().to(torch.bfloat16).requires_grad_(True)
     out = dgs_objective(feats, prob.teacher_feats.bfloat16(), prob.text_feats.bfloat16(),
-                        prob.labels, prob.student_head, prob.teacher_head, prob.text_head)
+                        prob.labels, prob.student_head, prob.teacher_head, prob.text_head,
+                        backend="reference")
     out.total.backward()
     assert out.total.dtype == torch.float32 and out.harmful.dtype == torch.float32
     assert feats.grad.dtype == torch.bfloat16 and torch.isfinite(feats.grad.float()).all()
