@@ -138,12 +138,13 @@ def iter_predictions(paths: Iterable, logits_fn: Callable[[np.ndarray], np.ndarr
             scored = dict(zip(good, logits.tolist()))
             for i, path in enumerate(chunk):
                 if i in scored and not math.isfinite(scored[i]):
-                    # a label from NaN would be silent garbage ("real": NaN >= t is False)
+                    # a label from NaN would be silent garbage ("real": NaN > t is False)
                     yield {"path": str(path), "error": non_finite_message(path, scored[i])}
                 elif i in scored:
                     prob = sigmoid(scored[i])
                     yield {"path": str(path), "logit": scored[i], "probability": prob,
-                           "label": labels[1] if prob >= threshold else labels[0]}
+                           # strictly above, as the accuracies of dgsnet eval (dgsnet.metrics) count it
+                           "label": labels[1] if prob > threshold else labels[0]}
                 else:
                     yield {"path": str(path), "error": loaded[i][1]}
             if progress is not None:

@@ -214,7 +214,7 @@ def add_predict_parser(sub) -> None:
     p.add_argument("--out", help="write the records here instead of stdout")
     add_format_argument(p)
     add_batch_size_argument(p, 16, "images per forward pass")
-    p.add_argument("--threshold", type=_probability, default=0.5, help="label threshold (default 0.5)")
+    p.add_argument("--threshold", type=_probability, default=0.5, help="an image whose probability is above this is labelled generated (default 0.5)")
     add_checkpoint_arguments(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, help="threads decoding and preprocessing images (default: up to 4)")

@@ -353,8 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_size_argument(parser, 16, "images per onnxruntime call")
     parser.add_argument("--provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"],
                         help="execution provider; auto = TensorRT, else CUDA, else CPU")
-    parser.add_argument("--threshold", type=float, help="probability at which the label is the positive "
-                        "class (default: the one stored in the model, usually 0.5)")
+    parser.add_argument("--threshold", type=float, help="an image whose probability is above this gets the "
+                        "positive label (default: the one stored in the model, usually 0.5)")
     parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
     parser.add_argument("--workers", type=int, help="threads decoding and preprocessing images (default: up to 4)")
     parser.add_argument("--no-trt-fp16", action="store_true", help="keep TensorRT in float32")
