@@ -24,7 +24,7 @@ import os
 
 import torch
 
-from common import (add_threads_option, base_parser, device_name, interleaved_times,
+from common import (add_threads_option, base_parser, device_name, dgs_step, interleaved_times,
                     markdown_table, resolve_device, results_dir, set_threads, write_results)
 from dgsnet.surgery import available_backends, project_params_, reference
 
@@ -76,40 +76,18 @@ def bench_projection(device, dtype, rank, repeats, quick):
 
 def bench_training_step(device, model_name, batch, repeats, quick):
     from dgsnet.models import BackboneSpec, DGSNetModel, LoRAConfig
-    from dgsnet.surgery import LayerSurgery, dgs_objective
 
     torch.manual_seed(0)
     model = DGSNetModel(BackboneSpec(model_name, None), LoRAConfig()).to(device)
     model.set_stage(2)
     model.train()
-    params = model.stage_parameters(2)
-    heads = [*model.student_head.parameters(), *model.text_head.parameters()]
-    opt = torch.optim.Adam(params, lr=1e-4)
+    opt = torch.optim.Adam(model.stage_parameters(2), lr=1e-4)
     images = torch.randn(batch, 3, 224, 224, device=device)
     labels = torch.randint(0, 2, (batch,), device=device).float()
     text = torch.randn(batch, model.dim, device=device)
 
-    def make_step(mode):
-        layer = LayerSurgery(model.lora_parameters(), backend="auto") if mode in ("layer", "both") else None
-
-        def step():
-            feats = model.visual(images)
-            teacher = model.teacher_features(images)
-            out = dgs_objective(feats, teacher, text, labels, model.student_head,
-                                model.teacher_head, model.text_head, mode=mode, backend="auto",
-                                check_labels=False)
-            if layer is None:
-                out.total.backward()
-            else:
-                layer.backward(feats, out.total, heads, out.harmful, with_directions=True)
-                layer.finish_directions()
-                layer.project_()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return step
-
     modes = ("none", "feature", "layer", "both")
-    steps = {m: make_step(m) for m in modes}
+    steps = {m: dgs_step(model, opt, images, labels, text, m) for m in modes}
     times = interleaved_times(steps, device, repeats, rounds=1 if quick else 5)
     rows = [{"mode": m, "step_ms": times[m] * 1e3, "relative_to_none": times[m] / times["none"]}
             for m in modes]

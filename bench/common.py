@@ -125,6 +125,64 @@ def peak_memory_bytes(fn: Callable[[], object], device) -> int | None:
     return torch.cuda.max_memory_allocated(device) - before
 
 
+PHOTOS = ("astronaut", "coffee", "chelsea")
+
+
+def photo_jpegs(size: int, names: Iterable[str] = PHOTOS) -> list[bytes]:
+    """Real photos (scikit-image's samples) resized to size x size, JPEG-encoded at quality 95
+    (the common on-disk form of training and test sets)."""
+    import io
+
+    import skimage.data
+    from PIL import Image
+
+    out = []
+    for name in names:
+        img = Image.fromarray(getattr(skimage.data, name)()).convert("RGB").resize((size, size), Image.BICUBIC)
+        buffer = io.BytesIO()
+        img.save(buffer, format="JPEG", quality=95)
+        out.append(buffer.getvalue())
+    return out
+
+
+def dgs_step(model, optimizer, images, labels, text, mode: str, *, encoder=None, amp=None):
+    """One dgsnet stage-2 step as the trainer runs it (StageTrainer.loss + backward + Adam step),
+    on pre-made tensors: student and teacher forward (under bf16/fp16 autocast when `amp` is a
+    dtype), dgs_objective, backward (LayerSurgery's for modes layer and both, u refreshed every
+    step: the worst case), optimizer step. `encoder` is the student's forward (default
+    model.visual; a compiled one for --compile). Returns the step as a closure."""
+    import contextlib
+
+    import torch
+
+    from dgsnet.surgery import LayerSurgery, dgs_objective
+
+    encoder = encoder if encoder is not None else model.visual
+    layer = LayerSurgery(model.lora_parameters(), backend="auto") if mode in ("layer", "both") else None
+    heads = [*model.student_head.parameters(), *model.text_head.parameters()]
+
+    def autocast():
+        return (contextlib.nullcontext() if amp is None
+                else torch.autocast(images.device.type, dtype=amp))
+
+    def step():
+        with autocast():
+            feats = encoder(images)
+            teacher = model.teacher_features(images)
+        out = dgs_objective(feats, teacher.to(feats.dtype), text.to(feats.dtype), labels,
+                            model.student_head, model.teacher_head, model.text_head, mode=mode,
+                            backend="auto", check_labels=False)
+        if layer is None:
+            out.total.backward()
+        else:
+            layer.backward(feats, out.total, heads, out.harmful, with_directions=True)
+            layer.finish_directions()
+            layer.project_()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
 def markdown_table(rows: list[dict], columns: Iterable[str] | None = None) -> str:
     if not rows:
         return "(no rows)"

@@ -29,6 +29,15 @@ def test_cli_names_the_bad_step_count_in_one_line(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "run")
 
 
+@pytest.mark.parametrize("surgery", ["layer", "both"])
+def test_compile_with_layer_surgery_is_refused_before_any_model_is_built(surgery, tmp_path):
+    out = tmp_path / "dgs"
+    with pytest.raises(ValueError, match=f"--compile does not work with --surgery {surgery}"):
+        train_dgs(TrainConfig(**BASE, out=str(out), teacher=str(tmp_path / "no-teacher"), surgery=surgery,
+                              compile=True), ToyDataset(8))
+    assert not out.exists()
+
+
 def test_a_stage_without_one_readable_batch_is_an_error_not_a_finished_model(tmp_path):
     out = str(tmp_path / "t")
     with pytest.raises(RuntimeError, match="ran no training step"):
