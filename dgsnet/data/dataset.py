@@ -150,6 +150,43 @@ class FolderDataset(Dataset):
         return len(self.labels) - fake, fake
 
 
+_BLAS_THREAD_SETTERS = ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
+                        "openblas_set_num_threads64_", "scipy_openblas_set_num_threads_")
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader worker_init_fn: one thread per worker, for torch and for numpy's BLAS.
+
+    torch already runs its workers with one intra-op thread, but numpy's OpenBLAS (patch selection
+    multiplies matrices) keeps a pool as wide as the machine in each forked worker: with the main
+    process's threads that oversubscribes the cores, and idle BLAS threads spin. Its width is only
+    settable through the library itself (the environment variable is read once, at import)."""
+    torch.set_num_threads(1)
+    set_blas_threads(1)
+
+
+def set_blas_threads(n: int) -> int | None:
+    """Sets the OpenBLAS pool of this process to `n` threads; the previous width, or None where
+    numpy's BLAS is not an OpenBLAS loaded in this process (nothing to do)."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as fh:
+            libs = sorted({line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line})
+    except OSError:  # not Linux: leave the pool as it is
+        return None
+    for path in libs:
+        lib = ctypes.CDLL(path)
+        for name in _BLAS_THREAD_SETTERS:
+            setter = getattr(lib, name, None)
+            getter = getattr(lib, name.replace("set_", "get_"), None)
+            if setter is not None and getter is not None:
+                before = getter()
+                setter(int(n))
+                return before
+    return None
+
+
 def collate(samples: list) -> tuple | None:
     """Stacks (image, label, caption, path) samples; drops None (an unreadable image was skipped).
 

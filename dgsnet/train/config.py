@@ -104,7 +104,7 @@ class TrainConfig:
     # outputs
     out: str = "runs/dgsnet"  # run directory: checkpoints, logs, resolved config
     teacher: str | None = None  # stage-1 run directory (for stage 2)
-    log_every: int = 10  # optimiser steps between log records
+    log_every: int = 10  # optimiser steps between log records (the loss is read from the device only then)
     ckpt_every: int = 100  # optimiser steps between resumable checkpoints
     report_to: list[str] = field(default_factory=list)  # also log to: tensorboard, wandb (comma or space separated; none by default)
     wandb_project: str | None = None  # W&B project for --report-to wandb (default: $WANDB_PROJECT, else dgsnet)

@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dgsnet.progress import reporter as progress_reporter
-from dgsnet.data.dataset import collate
+from dgsnet.data.dataset import collate, worker_init
 from dgsnet.device import resolve_device
 from dgsnet.models import CaptionFeatureCache, DGSNetModel
 from dgsnet.models import checkpoint as ckpt
@@ -40,6 +40,108 @@ from dgsnet.train.sampler import EpochBatchSampler
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+class _TermWindow:
+    """The loss and its terms for every micro-batch since the last log line, kept on the device.
+
+    Reading a CUDA scalar (float(), bool(), .item()) waits for every queued kernel, so a read per
+    step leaves the GPU idle while the CPU prepares the next one. Each micro-batch adds one stacked
+    tensor [loss, *terms]; `drain` brings them to the host in one copy and finds the first
+    non-finite loss. The CPU, where a read is free, runs the same path so that tests cover what a
+    GPU runs: a non-finite loss stops the run at the latest at its log line, and the trainer drains
+    before every checkpoint and validation pass, so neither ever sees weights from a bad step.
+    """
+
+    MAX_PENDING = 1024  # a sync per this many micro-batches bounds the device tensors held
+
+    def __init__(self):
+        self.keys: tuple[str, ...] | None = None
+        self.pending: list[tuple[int, list[str], torch.Tensor]] = []  # (step, first paths, values)
+        self.rows: list[list[float]] = []  # drained and finite: [loss, *terms] as Python floats
+        self.first_step = self.last_step = None  # optimiser steps the window's micro-batches belong to
+        self.bad: dict | None = None  # the first non-finite micro-batch, once drained
+        self.images = 0
+        self.start = time.perf_counter()
+
+    def add(self, step: int, loss: torch.Tensor, terms: dict[str, torch.Tensor], paths, images: int) -> None:
+        if self.keys is None:
+            self.keys = tuple(terms)
+        values = torch.stack([loss.detach().double(), *(terms[k].double() for k in self.keys)])  # exact
+        self.pending.append((step, list(paths[:3]), values))
+        if self.first_step is None:
+            self.first_step = step
+        self.last_step = step
+        self.images += images
+
+    def drain(self) -> dict | None:
+        """Moves the pending values to the host; the first non-finite micro-batch seen, else None."""
+        if self.pending and self.bad is None:
+            values = torch.stack([v for _, _, v in self.pending]).tolist()  # the one device-to-host copy
+            for (step, paths, _), row in zip(self.pending, values):
+                if not math.isfinite(row[0]):
+                    self.bad = {"step": step, "loss": row[0], "terms": dict(zip(self.keys, row[1:])),
+                                "paths": paths}
+                    break
+                self.rows.append(row)
+        self.pending = []
+        return self.bad
+
+    def sums(self) -> dict[str, float]:
+        """Per-term sums in micro-batch order (Python floats: what summing float(term) per step gives)."""
+        sums = {k: 0.0 for k in self.keys or ()}
+        for row in self.rows:
+            for k, v in zip(self.keys, row[1:]):
+                sums[k] += v
+        return sums
+
+
+class _EpochIndexed(Dataset):
+    """`dataset` indexed by (epoch, index): DataLoader workers keep their own copy of the dataset, so
+    the epoch (which seeds augmentation) travels with each index instead of relying on set_epoch in
+    the main process before the workers start."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset, self.epoch = dataset, None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        if epoch != self.epoch and hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        self.epoch = epoch
+        return self.dataset[index]
+
+
+class _StageBatches(Sampler):
+    """One batch sampler for the whole stage (so the loader and its workers persist across epochs):
+    `start(epoch, first_batch)` before each epoch's pass makes it that epoch's EpochBatchSampler."""
+
+    def __init__(self, make: Callable[[int, int], EpochBatchSampler]):
+        self.make, self.epoch, self.current = make, 0, make(0, 0)
+
+    def start(self, epoch: int, first_batch: int) -> None:
+        self.epoch, self.current = epoch, self.make(epoch, first_batch)
+
+    def __len__(self) -> int:
+        return len(self.current)
+
+    def __iter__(self):
+        epoch = self.epoch
+        for batch in self.current:
+            yield [(epoch, i) for i in batch]
+
+
+def _caption_features(cache: CaptionFeatureCache, captions, device: torch.device) -> torch.Tensor:
+    """A batch's caption features on `device`. A copy from ordinary (pageable) memory waits for the
+    GPU's queue to drain; one from pinned memory is queued behind it. (A device-resident table of
+    every caption would skip the copy, but datasets with a caption per image make it gigabytes.)"""
+    feats = cache.features(captions)  # float32 on the CPU; encodes captions not seen before
+    if device.type == "cuda":
+        return feats.pin_memory().to(device, non_blocking=True)
+    return feats.to(device)
 
 
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -205,19 +307,29 @@ class StageTrainer:
         self.ctx.barrier()
 
     # -- the loop ---------------------------------------------------------------------------
-    def _loader(self) -> DataLoader:
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(self.epoch)
-        sampler = EpochBatchSampler(len(self.dataset), self.cfg.batch_size, self.cfg.seed, self.epoch,
-                                    start_batch=self.batch_in_epoch, rank=self.rank, world=self.world,
-                                    drop_last=self.cfg.drop_last)
+    def _loader(self) -> tuple[DataLoader, _StageBatches]:
+        """The stage's one DataLoader; its workers keep 2 batches each (torch's default) in flight while
+        the model computes. They are not persistent across epochs: with persistent workers a Ctrl-C
+        often landed mid hand-over of a batch's shared memory, and a worker printed a traceback under
+        the one-line message (tests/test_interrupts.py caught it in about 1 run in 5)."""
+        cfg = self.cfg
+
+        def make(epoch: int, first_batch: int) -> EpochBatchSampler:
+            return EpochBatchSampler(len(self.dataset), cfg.batch_size, cfg.seed, epoch, start_batch=first_batch,
+                                     rank=self.rank, world=self.world, drop_last=cfg.drop_last)
+
+        batches = _StageBatches(make)
         # The loader's own generator keeps it off the global RNG (LoRA dropout's), which a
         # resumed run restores: a fresh loader must not shift it.
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.epoch)
-        return DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.cfg.workers,
-                          collate_fn=getattr(self.dataset, "collate", collate),
-                          pin_memory=self.device.type == "cuda", generator=gen,
-                          persistent_workers=False)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.epoch)
+        workers = cfg.workers
+        # One thread per worker (torch and numpy's BLAS: dgsnet.data.dataset.worker_init); the main
+        # process keeps its intra-op threads for the model.
+        extra = dict(persistent_workers=False, prefetch_factor=2, worker_init_fn=worker_init) if workers > 0 else {}
+        loader = DataLoader(_EpochIndexed(self.dataset), batch_sampler=batches, num_workers=workers,
+                            collate_fn=getattr(self.dataset, "collate", collate),
+                            pin_memory=self.device.type == "cuda", generator=gen, **extra)
+        return loader, batches
 
     def _autocast(self):
         if self.amp is None:
@@ -225,14 +337,15 @@ class StageTrainer:
         return torch.autocast(self.device.type, dtype=self.amp)
 
     def loss(self, images, labels, captions) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple]:
-        """(loss, its terms for logs, (encoder output, harmful direction) for layer surgery)."""
+        """(loss, its terms for logs (device tensors: read only at log time), (encoder output,
+        harmful direction) for layer surgery)."""
         if self.stage == 1:
             with self._autocast():
                 feats = self.model.teacher_features(images)
             logits = (self.ddp or self.model.teacher_head)(feats.float()).squeeze(-1)
             loss = F.binary_cross_entropy_with_logits(logits, labels)
             return loss, {"teacher": loss.detach()}, ()
-        text = self.caption_cache.features(captions, self.device)
+        text = _caption_features(self.caption_cache, captions, self.device)
         with self._autocast():
             student = (self.ddp or self.encoder)(images)
             teacher = self.model.teacher_features(images)
@@ -263,14 +376,25 @@ class StageTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
 
-    def _check_finite(self, loss: torch.Tensor, terms: dict, paths: list[str]) -> None:
-        if bool(torch.isfinite(loss)):
+    def _check_finite(self, bad: dict | None = None, elsewhere: bool = False) -> None:
+        """Drains the window (one device-to-host copy) and stops at its first non-finite loss. Under
+        several processes every rank learns whether any had one, so all stop together."""
+        window = self._window
+        if bad is None and not elsewhere:
+            bad = window.drain()
+            if self.ctx.enabled:
+                elsewhere = self.ctx.sum_floats({"bad": float(bad is not None)}, self.device)["bad"] > 0
+        if bad is None and not elsewhere:
             return
-        values = {k: float(v) for k, v in terms.items()}
+        span = f"steps {window.first_step}-{window.last_step}, checked every --log-every {self.cfg.log_every} steps"
         last = resume_state.find_resume(self.run_dir)
+        if bad is None:
+            what = f"not finite on another process (in {span})"
+        else:
+            what = (f"{bad['loss']} at step {bad['step']} (the first non-finite of {span}; terms {bad['terms']}; "
+                    f"batch starts with {bad['paths']})")
         raise NonFiniteLossError(
-            f"stage {self.stage}: the loss is {float(loss.detach())} at step {self.step} (terms {values}; batch "
-            f"starts with {paths[:3]}). Lower --lr, try --amp off, or check these images. "
+            f"stage {self.stage}: the loss is {what}. Lower --lr, try --amp off, or check these images. "
             f"Last good checkpoint: {last or 'none yet'} (resume with --resume).")
 
     def fit(self) -> None:
@@ -286,66 +410,77 @@ class StageTrainer:
                         config=cfg.to_dict())
         bar = progress_reporter(self.total_steps, f"stage {self.stage}", unit="steps", initial=self.step,
                                 enabled=self.rank == 0)
-        window, window_images, window_start = {}, 0, time.perf_counter()
+        self._window = _TermWindow()
         done = self.step >= self.total_steps
-        while not done and self.epoch < self.epochs:
-            micro = 0
-            self.model.train()
-            for batch in self._loader():
-                self.batch_in_epoch += 1
-                if batch is None:
-                    continue
-                images, labels, captions, paths = batch
-                images = images.to(self.device, non_blocking=True)
-                labels = labels.to(self.device, non_blocking=True)
-                # One all-reduce per optimiser step: earlier micro-batches skip DDP's sync; layer
-                # surgery always does (it reduces gradients and u itself).
-                last = micro + 1 == cfg.accum or self.batch_in_epoch == self.batches_per_epoch
-                if self.sharded:  # FSDP's twin of no_sync: reduce-scatter only on the last micro-batch
-                    self.encoder.set_requires_gradient_sync(last)
-                with no_sync(self.ddp, self.layer is not None or not last):
-                    loss, terms, feats_and_harmful = self.loss(images, labels, captions)
-                    self._check_finite(loss, terms, paths)
-                    scaled = self.scaler.scale(loss / cfg.accum)
-                    if self.layer is not None:
-                        student, harmful = feats_and_harmful
-                        heads = [*self.model.student_head.parameters(), *self.model.text_head.parameters()]
-                        self.layer.backward(student, scaled, heads, harmful,
-                                            self.layer.wants_directions(self.step))
-                    else:
-                        scaled.backward()
-                micro += 1
-                for k, v in terms.items():
-                    window[k] = window.get(k, 0.0) + float(v)
-                window["_n"] = window.get("_n", 0) + 1
-                window_images += images.shape[0] * self.world
-                if micro < cfg.accum:
-                    continue
-                self._optimizer_step(micro)
+        loader, batches = self._loader() if not done else (None, None)
+        try:
+            while not done and self.epoch < self.epochs:
                 micro = 0
-                bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                    window, window_images, window_start = self._log_window(
-                        window, window_images, window_start, bar)
-                if self._validate(epoch_end=False):
-                    done = True  # --early-stop: the run ends here and finishes normally
-                    break
-                if self.step % cfg.ckpt_every == 0 and self.step < self.total_steps:
-                    self._save_resume()
-                if self.step >= self.total_steps:
-                    done = True
-                    break
-            if not done:
-                if micro:
+                self.model.train()
+                if hasattr(self.dataset, "set_epoch"):
+                    self.dataset.set_epoch(self.epoch)
+                batches.start(self.epoch, self.batch_in_epoch)
+                for batch in loader:
+                    self.batch_in_epoch += 1
+                    if batch is None:
+                        continue
+                    images, labels, captions, paths = batch
+                    images = images.to(self.device, non_blocking=True)
+                    labels = labels.to(self.device, non_blocking=True)
+                    # One all-reduce per optimiser step: earlier micro-batches skip DDP's sync; layer
+                    # surgery always does (it reduces gradients and u itself).
+                    last = micro + 1 == cfg.accum or self.batch_in_epoch == self.batches_per_epoch
+                    if self.sharded:  # FSDP's twin of no_sync: reduce-scatter only on the last micro-batch
+                        self.encoder.set_requires_gradient_sync(last)
+                    with no_sync(self.ddp, self.layer is not None or not last):
+                        loss, terms, feats_and_harmful = self.loss(images, labels, captions)
+                        # no host read here: the window checks the loss at the next log line
+                        self._window.add(self.step, loss, terms, paths, images.shape[0] * self.world)
+                        scaled = self.scaler.scale(loss / cfg.accum)
+                        if self.layer is not None:
+                            student, harmful = feats_and_harmful
+                            heads = [*self.model.student_head.parameters(), *self.model.text_head.parameters()]
+                            self.layer.backward(student, scaled, heads, harmful,
+                                                self.layer.wants_directions(self.step))
+                        else:
+                            scaled.backward()
+                    micro += 1
+                    # a long --log-every: bound the tensors held (one process stops at once; under
+                    # several, a rank may skip an unreadable batch, so they meet at the log line)
+                    if len(self._window.pending) >= _TermWindow.MAX_PENDING:
+                        if self._window.drain() is not None and not self.ctx.enabled:
+                            self._check_finite()
+                    if micro < cfg.accum:
+                        continue
                     self._optimizer_step(micro)
+                    micro = 0
                     bar.update(1)
-                self.epoch += 1
-                self.batch_in_epoch = 0
-                done = self.step >= self.total_steps
-                if not done and self._validate(epoch_end=True):
-                    done = True
+                    if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                        self._log_window(bar)
+                    if self._validate(epoch_end=False):
+                        done = True  # --early-stop: the run ends here and finishes normally
+                        break
+                    if self.step % cfg.ckpt_every == 0 and self.step < self.total_steps:
+                        self._check_finite()  # a checkpoint never holds weights from a bad step
+                        self._save_resume()
+                    if self.step >= self.total_steps:
+                        done = True
+                        break
                 if not done:
-                    self._save_resume()
+                    if micro:
+                        self._optimizer_step(micro)
+                        bar.update(1)
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                    done = self.step >= self.total_steps
+                    if not done and self._validate(epoch_end=True):
+                        done = True
+                    if not done:
+                        self._check_finite()
+                        self._save_resume()
+            self._check_finite()  # steps since the last log line (none unless a run ends between them)
+        finally:
+            del loader, batches  # the workers end here, also when the run stops on an error
         bar.close()
         if self.step == 0:
             raise RuntimeError(f"stage {self.stage} ran no training step: every batch of {len(self.dataset)} "
@@ -360,19 +495,28 @@ class StageTrainer:
         """A validation pass when --val-every (or the epoch's end) calls for one; True: stop early."""
         if self.validation is None or not self.validation.due(self.step, epoch_end):
             return False
+        self._check_finite()  # validate (and maybe keep as best/) only weights from finite steps
         return self.validation.run(self)
 
-    def _log_window(self, window, images, start, bar):
-        seconds = time.perf_counter() - start
-        window = self.ctx.sum_floats(window, self.device)  # global means across processes
-        micro_batches = window.pop("_n")
-        means = {k: v / micro_batches for k, v in window.items()}
+    def _log_window(self, bar) -> None:
+        """One log record: the means of the window's terms, read from the device here and only here."""
+        window = self._window
+        bad = window.drain()
+        sums = window.sums()
+        seconds = time.perf_counter() - window.start
+        # global means across processes; "_bad" lets every rank stop when any saw a bad loss
+        sums = self.ctx.sum_floats({**sums, "_n": float(len(window.rows)), "_bad": float(bad is not None)},
+                                   self.device)
+        if bad is not None or sums.pop("_bad") > 0:
+            self._check_finite(bad, elsewhere=True)
+        micro_batches = sums.pop("_n")
+        means = {k: v / micro_batches for k, v in sums.items()}
         record = {"stage": self.stage, "step": self.step, "epoch": self.epoch,
                   "lr": self.scheduler.get_last_lr()[0], **{f"loss_{k}": v for k, v in means.items()},
-                  "images_per_s": images / max(seconds, 1e-9), "memory_mb": memory_mb(self.device)}
+                  "images_per_s": window.images / max(seconds, 1e-9), "memory_mb": memory_mb(self.device)}
         self.log.record("train", **record)
         bar.set_postfix({k: f"{v:.4f}" for k, v in means.items() if k in ("total", "teacher", "img")})
-        return {}, 0, time.perf_counter()
+        self._window = _TermWindow()
 
     def _prepare_captions(self) -> None:
         model = self.model
@@ -516,5 +660,11 @@ def train_dgs(cfg: TrainConfig, dataset: Dataset | None = None, resume: bool = F
     if not cfg.teacher:
         raise ValueError("stage 2 needs the stage-1 teacher: pass --teacher RUN_DIR "
                          "(the --out of `dgsnet train-teacher`)")
+    if cfg.compile and cfg.surgery in ("layer", "both"):
+        # layer surgery batches its gradient calls (autograd.grad with is_grads_batched, i.e. vmap) through
+        # the encoder, and vmap has no batching rule for the out= matmuls a compiled graph runs
+        # (RuntimeError deep in the first step; bench/bench_step.py records it)
+        raise ValueError(f"--compile does not work with --surgery {cfg.surgery} (its batched gradients "
+                         "cannot run through a compiled encoder): drop --compile, or use --surgery feature")
     check_teacher(cfg)  # missing, unfinished or on another backbone: before any model is built
     return _run_stage(cfg, 2, dataset, resume, ctx, allow_changes)

@@ -29,8 +29,8 @@ class Interrupt(Exception):
     pass
 
 
-class DiesAfter(Dataset):
-    """Raises on the n-th item fetched: a run killed half-way."""
+class _ChangesAfter(Dataset):
+    """`inner`, until more than n items were fetched (workers=0: items come in the sampler's order)."""
 
     def __init__(self, inner, n):
         self.inner, self.n, self.fetched = inner, n, 0
@@ -39,11 +39,27 @@ class DiesAfter(Dataset):
     def __len__(self):
         return len(self.inner)
 
-    def __getitem__(self, i):
+    def _past_n(self) -> bool:
         self.fetched += 1
-        if self.fetched > self.n:
+        return self.fetched > self.n
+
+
+class DiesAfter(_ChangesAfter):
+    """Raises on the n-th item fetched: a run killed half-way."""
+
+    def __getitem__(self, i):
+        if self._past_n():
             raise Interrupt()
         return self.inner[i]
+
+
+class PoisonedFrom(_ChangesAfter):
+    """NaN images from the n-th item fetched on: a loss that turns non-finite mid-run."""
+
+    def __getitem__(self, i):
+        bad = self._past_n()
+        img, y, c, p = self.inner[i]
+        return (img * float("nan") if bad else img), y, c, p
 
 
 class Unreadable(Dataset):
