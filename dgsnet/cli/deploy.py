@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from dgsnet.cli.common import add_checkpoint_arguments
+from dgsnet_export.runtime.cli import positive_int as _positive  # the check --batch-size uses
 
 
 def _probability(text: str) -> float:
@@ -27,16 +28,6 @@ def _probability(text: str) -> float:
         value = float("nan")
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a probability strictly between 0 and 1")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
     return value
 
 
