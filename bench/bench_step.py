@@ -24,7 +24,9 @@ Part 2, with data (a folder of JPEG photos, scikit-image's samples as crops; the
   selection loop, shuffle + flip, ToTensor + Normalize) vs dgsnet's FolderDataset item
   dgsnet loop     the real train_dgs (StageTrainer.fit with its DataLoader, --workers) after a
                   one-step stage 1, images/s from the trainer's own per-step records
-                  (--log-every 1) after warm-up steps
+                  (--log-every 1) after warm-up steps; patches selected where --patch-selection
+                  auto puts them (the device on a GPU, the DataLoader workers on the CPU), and a
+                  second row with the other site
   published loop  the published step fed by a DataLoader (same workers) over the published
                   data path, images/s per step after the same warm-up
 Ratios: dgsnet loop vs published loop (both with data paths), loop vs model-only (the loop's
@@ -396,19 +398,22 @@ def published_loop(published: PublishedStep, dataset: PublishedData, batch: int,
 
 
 def dgsnet_loop(data: str, work: str, args, device, batch: int, steps: int, warmup: int,
-                compile_encoder: bool) -> float:
-    """Images/s of the real train_dgs loop from its own per-step records (log.jsonl)."""
+                compile_encoder: bool, patch_selection: str = "auto") -> float:
+    """Images/s of the real train_dgs loop from its own per-step records (log.jsonl), patches
+    selected where --patch-selection says (auto: on a GPU the device, on the CPU the workers)."""
     from dgsnet.train.config import TrainConfig
     from dgsnet.train.trainer import train_dgs, train_teacher
 
     common = dict(data=data, model=args.model, pretrained=None, batch_size=batch, workers=args.workers,
                   device=device.type, log_every=1, ckpt_every=10 ** 6)
     teacher = os.path.join(work, "teacher")
-    train_teacher(TrainConfig(out=teacher, max_steps=1, teacher_epochs=1, **common))
-    out = os.path.join(work, "dgs")
+    if not os.path.isdir(teacher):
+        train_teacher(TrainConfig(out=teacher, max_steps=1, teacher_epochs=1, **common))
+    out = os.path.join(work, f"dgs-{patch_selection}")
     epochs = math.ceil((steps + warmup) * batch / max(1, len(os.listdir(os.path.join(data, "0_real"))) * 2))
     train_dgs(TrainConfig(out=out, teacher=teacher, surgery="feature", max_steps=steps + warmup,
-                          epochs=max(1, epochs), compile=compile_encoder, **common))
+                          epochs=max(1, epochs), compile=compile_encoder, patch_selection=patch_selection,
+                          **common))
     with open(os.path.join(out, "log.jsonl")) as fh:
         records = [json.loads(line) for line in fh]
     rates = [r["images_per_s"] for r in records if r.get("event") == "train" and r.get("stage") == 2]
@@ -591,6 +596,9 @@ def main(argv=None):
     loop_compile = args.compile and gpu and "feature+compile" in arms
     pub_rate = published_loop(published, pub_data, batch, args.workers, steps, warmup, device)
     dgs_rate = dgsnet_loop(data, work, args, device, batch, steps, warmup, loop_compile)
+    # the other patch-selection site than auto's (auto: the device on a GPU, the workers on the CPU)
+    other = "cpu" if gpu else "device"
+    other_rate = dgsnet_loop(data, work, args, device, batch, steps, warmup, loop_compile, other)
     feature = "feature+compile" if loop_compile else "feature"
     # The loops run minutes after part 1: the model-only step is timed again right after them, and
     # the ratio takes the mean of both, so a load change in between is not read as loop overhead.
@@ -601,7 +609,12 @@ def main(argv=None):
     rows.append({"part": "loop", "competitor": "dgsnet loop", "batch": batch, "workers": args.workers,
                  "images_per_s": dgs_rate, "x_published": dgs_rate / pub_rate,
                  "x_model_only": dgs_rate / model_only, "model_only": feature, "compile": loop_compile,
-                 "model_only_images_per_s": model_only, "model_only_step_ms_after_loops": again * 1e3})
+                 "model_only_images_per_s": model_only, "model_only_step_ms_after_loops": again * 1e3,
+                 "patch_selection": "device" if gpu else "cpu"})
+    rows.append({"part": "loop", "competitor": f"dgsnet loop, selection on {'the workers' if gpu else 'the device'}",
+                 "batch": batch, "workers": args.workers, "images_per_s": other_rate,
+                 "x_published": other_rate / pub_rate, "x_model_only": other_rate / model_only,
+                 "patch_selection": other})
     ratios = {"loop_vs_published_loop": dgs_rate / pub_rate,
               "loop_vs_model_only": dgs_rate / model_only,
               "feature_vs_floor": times["feature"] / times["floor"],
@@ -611,7 +624,8 @@ def main(argv=None):
     if "feature+compile" in times:
         ratios["feature_compile_vs_floor_compile"] = (times["feature+compile"] / times["floor+compile"]
                                                       if "floor+compile" in times else None)
-    print(f"loops: published {pub_rate:.1f} images/s, dgsnet {dgs_rate:.1f} images/s", flush=True)
+    print(f"loops: published {pub_rate:.1f} images/s, dgsnet {dgs_rate:.1f} images/s "
+          f"({other_rate:.1f} with --patch-selection {other})", flush=True)
 
     if args.max_batch:  # last, with part 1's extra copies freed: the search has the GPU to itself
         del arms, compiled, published

@@ -1,18 +1,21 @@
 """The torch Dataset over a list of labelled image files: decode, degrade, select patches, normalise."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
 from torch._utils import ExceptionWrapper
 from torch.utils.data import Dataset, get_worker_info
 
 from dgsnet.image.decode import (DEFAULT_MAX_PIXELS, ImageLoadError, PixelBudget, decoded, resolve_pixel_budget,
                             worker_share)
-from dgsnet.image.preprocess import NORMS, PUBLISHED_PATCH_SEED, check_patch_order, layout_rng, normalize, select_patches
+from dgsnet.image.preprocess import (N_SELECT, NORMS, PUBLISHED_PATCH_SEED, check_patch_order, layout_rng, normalize,
+                                     select_patches)
 
 from .augment import Augment, item_rng
 from .layouts import Sample
@@ -53,6 +56,13 @@ class FolderDataset(Dataset):
     published evaluation), seeded per file by dgsnet.image.preprocess.layout_rng.
     `decode` is dgsnet.image.decode.load_rgb's (dgsnet, or pil as published).
 
+    Selection on the device (`with_deferred_selection()`, the trainer's --patch-selection device):
+    items are then (pixels HxWx3 uint8 after the pre-selection augmentation, label, caption, path,
+    layout permutation (49,), flip) and `collate_unselected` batches them; the trainer selects the
+    patches of the whole batch on its device (dgsnet.data.select_device), drawing nothing itself: the
+    permutation and flip come from the item's generator exactly as the CPU path draws them, so the
+    tiles are the same bits either way.
+
     Memory: `pixel_budget` (megapixels, or "off"; default DGSNET_PIXEL_BUDGET, else a share of the
     machine's memory, see dgsnet.image.decode) is resolved here, in the process that builds the
     dataset, so a bad setting fails before any worker starts. Each DataLoader worker process
@@ -80,6 +90,7 @@ class FolderDataset(Dataset):
         self.patch_order, self.patch_seed, self.decode = check_patch_order(patch_order), patch_seed, decode
         self.pixel_budget, self.budget_source = resolve_pixel_budget(pixel_budget)
         self.jpeg_draft = bool(jpeg_draft)
+        self.defer_selection = False  # True: items carry pixels, not tiles (see with_deferred_selection)
         self.skipped: list[str] = []  # unreadable files met by this process
         self.reduced: list[str] = []  # JPEGs this process decoded in draft mode (jpeg_draft)
         self._budget_key, self._budget = None, None
@@ -109,22 +120,42 @@ class FolderDataset(Dataset):
             self._budget_key, self._budget = key, PixelBudget(share, where, split=workers > 1)
         return self._budget
 
-    def tile(self, index: int):
-        """The 224x224x3 uint8 patch tile of item `index` (raises ImageLoadError for a bad file)."""
+    @contextlib.contextmanager
+    def _pixels(self, index: int):
+        """(pixels after perturbation and pre-selection augmentation, generator of the layout (None:
+        raster), training?) of item `index`, inside the decode's pixel-budget reservation."""
         path = self.paths[index]
-        # The reservation spans decoding and patch selection: both peak while the pixels are held.
         with decoded(path, self.max_pixels, self.decode, budget=self.process_budget(),
                      jpeg_draft=self.jpeg_draft, on_reduce=lambda name, *_: self.reduced.append(name)) as rgb:
             if self.perturb is not None:
                 rgb = self.perturb(rgb)
             if self.augment is None:
-                return select_patches(rgb, layout_rng(self.patch_order, path, self.patch_seed))
+                yield rgb, layout_rng(self.patch_order, path, self.patch_seed), False
+                return
             rng = item_rng(self.seed, self.epoch, index)
-            rgb = self.augment.before_selection(rgb, rng)
-            return self.augment.after_selection(select_patches(rgb, rng), rng)
+            yield self.augment.before_selection(rgb, rng), rng, True
+
+    def tile(self, index: int):
+        """The 224x224x3 uint8 patch tile of item `index` (raises ImageLoadError for a bad file)."""
+        # The reservation spans decoding and patch selection: both peak while the pixels are held.
+        with self._pixels(index) as (rgb, rng, train):
+            tile = select_patches(rgb, rng)
+            return self.augment.after_selection(tile, rng) if train else tile
+
+    def unselected(self, index: int) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(pixels, permutation, flip) of item `index`: what `tile` selects from, lays out and flips,
+        drawn from the generator in `tile`'s order (select_patches' permutation, then the flip)."""
+        with self._pixels(index) as (rgb, rng, train):
+            order = rng.permutation(N_SELECT) if rng is not None else np.arange(N_SELECT)
+            flip = bool(rng.random() < self.augment.flip_prob) if train else False
+            return np.ascontiguousarray(rgb), order, flip
 
     def __getitem__(self, index: int):
         try:
+            if self.defer_selection:
+                pixels, order, flip = self.unselected(index)
+                return (torch.from_numpy(pixels), self.labels[index], self.captions[index], self.paths[index],
+                        torch.from_numpy(order.astype(np.int64)), flip)
             tile = self.tile(index)
         except ImageLoadError as exc:
             if self.strict:
@@ -137,6 +168,13 @@ class FolderDataset(Dataset):
             return None
         image = torch.from_numpy(normalize(tile, self.mean, self.std))
         return image, self.labels[index], self.captions[index], self.paths[index]
+
+    def with_deferred_selection(self) -> "FolderDataset":
+        """The same dataset with items that leave patch selection to the consumer (see the class doc).
+        It shares the `skipped` and `reduced` lists with this one: the trainer reports them."""
+        clone = copy.copy(self)
+        clone.defer_selection = True
+        return clone
 
     def with_perturbation(self, perturb: Perturbation | None) -> "FolderDataset":
         """The same files and captions under another evaluation perturbation (no folder re-scan)."""
@@ -205,6 +243,31 @@ def collate(samples: list) -> tuple | None:
         return None
     images, labels, captions, paths = zip(*samples)
     return torch.stack(images), torch.as_tensor(labels, dtype=torch.float32), list(captions), list(paths)
+
+
+class Unselected(NamedTuple):
+    """A batch's images before patch selection (FolderDataset.with_deferred_selection's items)."""
+    pixels: torch.Tensor | list  # (N, H, W, 3) uint8 when all share one size, else N (H, W, 3) tensors
+    permutations: torch.Tensor  # (N, 49) int64: the tile layout of each image
+    flips: torch.Tensor  # (N,) bool: mirror the tile left-right
+
+
+def collate_unselected(samples: list) -> tuple | None:
+    """`collate` for items of a deferred-selection dataset: (Unselected, labels, captions, paths)."""
+    failed = _deferred_error(samples)
+    if failed is not None:
+        if get_worker_info() is None:
+            failed.reraise()
+        return failed
+    samples = [s for s in samples if s is not None]
+    if not samples:
+        return None
+    pixels, labels, captions, paths, orders, flips = zip(*samples)
+    # one size: one stacked tensor (one copy to the device, the batched selection's fast path)
+    same = all(p.shape == pixels[0].shape for p in pixels)
+    unselected = Unselected(torch.stack(pixels) if same else list(pixels), torch.stack(orders),
+                            torch.tensor(flips, dtype=torch.bool))
+    return unselected, torch.as_tensor(labels, dtype=torch.float32), list(captions), list(paths)
 
 
 def _deferred_error(samples: list):

@@ -61,6 +61,7 @@ class TrainConfig:
     pixel_budget: float | None = None  # megapixels decoded at once by all DataLoader workers (default: 25% of memory at 12 bytes/pixel); DGSNET_PIXEL_BUDGET also sets it
     jpeg_draft: bool = False  # decode a JPEG over the 100 MP bomb limit at 1/2..1/8 scale (it is resampled) instead of skipping it
     decode: str = "dgsnet"  # dgsnet (EXIF rotation applied, alpha on white) or pil (published: PIL convert('RGB'))
+    patch_selection: str = "auto"  # where patches are selected: cpu (DataLoader workers), device (the training device, one batch at a time: the same tiles), auto (device on a GPU, else cpu)
     caption_max_template: float = 0.1  # error when a captions file is used and more than this fraction of images fall back to the template caption
     drop_last: bool = True  # drop an epoch's last partial batch (the published loader keeps it)
     # backbone and LoRA (published: ViT-L/14 OpenAI weights, r=6, alpha=6, dropout 0.8, q/k/v of all blocks)
@@ -117,7 +118,7 @@ class TrainConfig:
 
     def __post_init__(self):
         choices = {"norm": ("imagenet", "clip"), "schedule": ("constant", "cosine"),
-                   "decode": ("dgsnet", "pil"), "activation": ("auto", "quick_gelu", "gelu"),
+                   "decode": ("dgsnet", "pil"), "patch_selection": ("auto", "cpu", "device"), "activation": ("auto", "quick_gelu", "gelu"),
                    "lora_scaling": ("sqrt", "linear"), "lora_dropout_masks": ("separate", "shared"),
                    "surgery": ("none", "feature", "layer", "both"), "variant": ("published", "paper"),
                    "amp": ("auto", "bf16", "fp16", "off"),
@@ -225,7 +226,7 @@ class TrainConfig:
 #: it runs in eval mode on a forked RNG, so the trajectory is the same; early_stop ends the run
 #: and is compared.
 RUNTIME_ONLY = frozenset({"out", "workers", "log_every", "ckpt_every", "tensorboard", "caption_cache", "device",
-                          "backend", "compile", "strict_data", "fsdp", "preset",
+                          "backend", "compile", "strict_data", "fsdp", "preset", "patch_selection",
                           "pixel_budget", "report_to", "wandb_project", "val_data", "val_every", "best_metric"})
 
 

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dgsnet.progress import reporter as progress_reporter
-from dgsnet.data.dataset import collate, worker_init
+from dgsnet.data.dataset import FolderDataset, Unselected, collate, collate_unselected, worker_init
+from dgsnet.data.select_device import select_patches_torch
 from dgsnet.device import resolve_device
 from dgsnet.models import CaptionFeatureCache, DGSNetModel
 from dgsnet.models import checkpoint as ckpt
@@ -150,6 +151,28 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[cfg.amp]
 
 
+def patch_selection_site(cfg: TrainConfig, device: torch.device, dataset: Dataset) -> str:
+    """Where a run selects patches: "cpu" (in the DataLoader workers) or "device" (the batch on the
+    training device). auto: the device on a GPU, where one batched FFT over every patch replaces a
+    CPU core's work per image (bench/bench_data.py); the workers on the CPU, where numpy's selection
+    is faster than torch's and the workers overlap it with the step."""
+    site = cfg.patch_selection
+    if site == "auto":
+        site = "device" if device.type == "cuda" else "cpu"
+    if site == "device" and not isinstance(dataset, FolderDataset):
+        if cfg.patch_selection == "device":
+            raise ValueError(f"--patch-selection device needs dgsnet's folder dataset; this run's dataset is "
+                             f"a {type(dataset).__name__} (use --patch-selection cpu)")
+        site = "cpu"
+    return site
+
+
+def _entropy_dtype(device: torch.device) -> torch.dtype:
+    # float32 spectra are the fast path on a GPU (images near a tie are re-ranked in float64, so the
+    # selection is the same); on the CPU float64 costs about as much and needs no re-ranking
+    return torch.float32 if device.type == "cuda" else torch.float64
+
+
 def build_dataset(cfg: TrainConfig, train: bool = True) -> Dataset:
     if not cfg.data:
         raise ValueError("no dataset: pass --data ROOT (a folder with 0_real/ and 1_fake/, "
@@ -186,6 +209,9 @@ class StageTrainer:
         self.log = RunLogger(self.run_dir, enabled=self.ctx.is_main, report_to=cfg.report_to,
                              wandb_project=cfg.wandb_project, config=cfg.to_dict())
         self.validation = None  # a Validation when the run has --val-data (see _run_stage)
+        self.selection = patch_selection_site(cfg, self.device, dataset)
+        if self.selection == "device":  # the workers decode and augment; the loop selects (_model_inputs)
+            self.dataset = dataset.with_deferred_selection()
         model.to(self.device)
         model.set_stage(stage)
         self.sharded = stage == 2 and cfg.fsdp
@@ -327,9 +353,21 @@ class StageTrainer:
         # process keeps its intra-op threads for the model.
         extra = dict(persistent_workers=False, prefetch_factor=2, worker_init_fn=worker_init) if workers > 0 else {}
         loader = DataLoader(_EpochIndexed(self.dataset), batch_sampler=batches, num_workers=workers,
-                            collate_fn=getattr(self.dataset, "collate", collate),
+                            collate_fn=collate_unselected if self.selection == "device" else
+                            getattr(self.dataset, "collate", collate),
                             pin_memory=self.device.type == "cuda", generator=gen, **extra)
         return loader, batches
+
+    def _model_inputs(self, images) -> torch.Tensor:
+        """A batch's images on the device, normalised; with --patch-selection device, the tiles of the
+        batch's pixels selected there (the same bits as the workers' numpy selection)."""
+        if not isinstance(images, Unselected):
+            return images.to(self.device, non_blocking=True)
+        pixels = (images.pixels.to(self.device, non_blocking=True) if isinstance(images.pixels, torch.Tensor)
+                  else [p.to(self.device, non_blocking=True) for p in images.pixels])
+        return select_patches_torch(pixels, images.permutations.to(self.device, non_blocking=True),
+                                    flips=images.flips.to(self.device, non_blocking=True),
+                                    entropy_dtype=_entropy_dtype(self.device), normalize=self.dataset.norm)
 
     def _autocast(self):
         if self.amp is None:
@@ -425,7 +463,7 @@ class StageTrainer:
                     if batch is None:
                         continue
                     images, labels, captions, paths = batch
-                    images = images.to(self.device, non_blocking=True)
+                    images = self._model_inputs(images)
                     labels = labels.to(self.device, non_blocking=True)
                     # One all-reduce per optimiser step: earlier micro-batches skip DDP's sync; layer
                     # surgery always does (it reduces gradients and u itself).
