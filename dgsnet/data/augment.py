@@ -48,10 +48,7 @@ class Augment:
         The same number of values is drawn whatever the outcome, so one
         choice does not shift the randomness of the others.
         """
-        coins = rng.random(3)
-        scale = rng.uniform(*self.resize_scale)
-        sigma = rng.uniform(*self.blur_sigma)
-        quality = int(rng.integers(self.jpeg_quality[0], self.jpeg_quality[1] + 1))
+        coins, scale, sigma, quality = self.draw_before_selection(rng)
         if coins[0] < self.resize_prob:
             image = rescale(image, scale)
         if coins[1] < self.blur_prob:
@@ -59,6 +56,20 @@ class Augment:
         if coins[2] < self.jpeg_prob:
             image = jpeg_recompress(image, quality)
         return image
+
+    def draw_before_selection(self, rng: np.random.Generator) -> tuple[np.ndarray, float, float, int]:
+        """The values before_selection draws (coins, resize scale, blur sigma, JPEG quality), in its
+        order: a path that has no pixels at hand (decoding on the device) draws them to stay in step."""
+        coins = rng.random(3)
+        scale = rng.uniform(*self.resize_scale)
+        sigma = rng.uniform(*self.blur_sigma)
+        quality = int(rng.integers(self.jpeg_quality[0], self.jpeg_quality[1] + 1))
+        return coins, scale, sigma, quality
+
+    @property
+    def changes_pixels_before_selection(self) -> bool:
+        """Whether before_selection can change an image (some blur, JPEG or resize probability)."""
+        return max(self.resize_prob, self.blur_prob, self.jpeg_prob) > 0
 
     def after_selection(self, tile: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Horizontal flip of the 224x224 tile with probability flip_prob."""

@@ -12,8 +12,8 @@ import torch
 from torch._utils import ExceptionWrapper
 from torch.utils.data import Dataset, get_worker_info
 
-from dgsnet.image.decode import (DEFAULT_MAX_PIXELS, ImageLoadError, PixelBudget, decoded, resolve_pixel_budget,
-                            worker_share)
+from dgsnet.image.decode import (DEFAULT_MAX_PIXELS, ImageLoadError, PixelBudget, decoded, jpeg_for_device,
+                                 resolve_pixel_budget, worker_share)
 from dgsnet.image.preprocess import (N_SELECT, NORMS, PUBLISHED_PATCH_SEED, check_patch_order, layout_rng, normalize,
                                      select_patches)
 
@@ -91,6 +91,7 @@ class FolderDataset(Dataset):
         self.pixel_budget, self.budget_source = resolve_pixel_budget(pixel_budget)
         self.jpeg_draft = bool(jpeg_draft)
         self.defer_selection = False  # True: items carry pixels, not tiles (see with_deferred_selection)
+        self.device_jpeg = False  # True (deferred only): JPEG files travel encoded, decoded on the device
         self.skipped: list[str] = []  # unreadable files met by this process
         self.reduced: list[str] = []  # JPEGs this process decoded in draft mode (jpeg_draft)
         self._budget_key, self._budget = None, None
@@ -129,10 +130,10 @@ class FolderDataset(Dataset):
                      jpeg_draft=self.jpeg_draft, on_reduce=lambda name, *_: self.reduced.append(name)) as rgb:
             if self.perturb is not None:
                 rgb = self.perturb(rgb)
+            rng = self._layout_rng(index)
             if self.augment is None:
-                yield rgb, layout_rng(self.patch_order, path, self.patch_seed), False
+                yield rgb, rng, False
                 return
-            rng = item_rng(self.seed, self.epoch, index)
             yield self.augment.before_selection(rgb, rng), rng, True
 
     def tile(self, index: int):
@@ -142,20 +143,38 @@ class FolderDataset(Dataset):
             tile = select_patches(rgb, rng)
             return self.augment.after_selection(tile, rng) if train else tile
 
-    def unselected(self, index: int) -> tuple[np.ndarray, np.ndarray, bool]:
-        """(pixels, permutation, flip) of item `index`: what `tile` selects from, lays out and flips,
-        drawn from the generator in `tile`'s order (select_patches' permutation, then the flip)."""
+    def unselected(self, index: int) -> tuple[np.ndarray, np.ndarray, bool, int]:
+        """(pixels, permutation, flip, EXIF orientation) of item `index`: what `tile` selects from,
+        lays out and flips, drawn from the generator in `tile`'s order (select_patches' permutation,
+        then the flip). With `device_jpeg`, a JPEG the device can decode comes as its file's bytes
+        (1-D) and the orientation to turn it by; other pixels come decoded, orientation 1."""
+        if self.device_jpeg and self.perturb is None:
+            encoded = jpeg_for_device(self.paths[index], self.max_pixels, self.decode)
+            if encoded is not None:
+                data, orientation = encoded
+                rng = self._layout_rng(index)
+                if self.augment is not None:
+                    self.augment.draw_before_selection(rng)  # nothing to apply (checked), but in step
+                order = rng.permutation(N_SELECT) if rng is not None else np.arange(N_SELECT)
+                flip = bool(rng.random() < self.augment.flip_prob) if self.augment is not None else False
+                return data, order, flip, orientation
         with self._pixels(index) as (rgb, rng, train):
             order = rng.permutation(N_SELECT) if rng is not None else np.arange(N_SELECT)
             flip = bool(rng.random() < self.augment.flip_prob) if train else False
-            return np.ascontiguousarray(rgb), order, flip
+            return np.ascontiguousarray(rgb), order, flip, 1
+
+    def _layout_rng(self, index: int):
+        """The generator `_pixels` hands out for item `index` (before any augmentation draws)."""
+        if self.augment is None:
+            return layout_rng(self.patch_order, self.paths[index], self.patch_seed)
+        return item_rng(self.seed, self.epoch, index)
 
     def __getitem__(self, index: int):
         try:
             if self.defer_selection:
-                pixels, order, flip = self.unselected(index)
+                pixels, order, flip, orientation = self.unselected(index)
                 return (torch.from_numpy(pixels), self.labels[index], self.captions[index], self.paths[index],
-                        torch.from_numpy(order.astype(np.int64)), flip)
+                        torch.from_numpy(order.astype(np.int64)), flip, orientation)
             tile = self.tile(index)
         except ImageLoadError as exc:
             if self.strict:
@@ -169,11 +188,17 @@ class FolderDataset(Dataset):
         image = torch.from_numpy(normalize(tile, self.mean, self.std))
         return image, self.labels[index], self.captions[index], self.paths[index]
 
-    def with_deferred_selection(self) -> "FolderDataset":
-        """The same dataset with items that leave patch selection to the consumer (see the class doc).
+    def with_deferred_selection(self, device_jpeg: bool = False) -> "FolderDataset":
+        """The same dataset with items that leave patch selection to the consumer (see the class doc),
+        and with `device_jpeg` JPEG decoding too (the trainer's --jpeg-decoder device; no augmentation
+        may change pixels before selection then, as those run on decoded pixels here).
         It shares the `skipped` and `reduced` lists with this one: the trainer reports them."""
+        if device_jpeg and self.augment is not None and self.augment.changes_pixels_before_selection:
+            raise ValueError("decoding JPEGs on the device leaves no pixels in the DataLoader workers for the "
+                             "blur/JPEG/resize augmentations: set --blur-prob, --jpeg-prob and --resize-prob "
+                             "to 0, or use --jpeg-decoder cpu")
         clone = copy.copy(self)
-        clone.defer_selection = True
+        clone.defer_selection, clone.device_jpeg = True, bool(device_jpeg)
         return clone
 
     def with_perturbation(self, perturb: Perturbation | None) -> "FolderDataset":
@@ -247,9 +272,11 @@ def collate(samples: list) -> tuple | None:
 
 class Unselected(NamedTuple):
     """A batch's images before patch selection (FolderDataset.with_deferred_selection's items)."""
-    pixels: torch.Tensor | list  # (N, H, W, 3) uint8 when all share one size, else N (H, W, 3) tensors
+    pixels: torch.Tensor | list  # (N, H, W, 3) uint8 when all share one size, else N (H, W, 3) tensors,
+    # or 1-D uint8 ones: a JPEG file's bytes, to be decoded on the device (device_jpeg)
     permutations: torch.Tensor  # (N, 49) int64: the tile layout of each image
     flips: torch.Tensor  # (N,) bool: mirror the tile left-right
+    orientations: torch.Tensor  # (N,) int64: EXIF orientation to turn an encoded JPEG by (1: as stored)
 
 
 def collate_unselected(samples: list) -> tuple | None:
@@ -262,11 +289,11 @@ def collate_unselected(samples: list) -> tuple | None:
     samples = [s for s in samples if s is not None]
     if not samples:
         return None
-    pixels, labels, captions, paths, orders, flips = zip(*samples)
+    pixels, labels, captions, paths, orders, flips, orientations = zip(*samples)
     # one size: one stacked tensor (one copy to the device, the batched selection's fast path)
-    same = all(p.shape == pixels[0].shape for p in pixels)
+    same = all(p.dim() == 3 and p.shape == pixels[0].shape for p in pixels)
     unselected = Unselected(torch.stack(pixels) if same else list(pixels), torch.stack(orders),
-                            torch.tensor(flips, dtype=torch.bool))
+                            torch.tensor(flips, dtype=torch.bool), torch.tensor(orientations, dtype=torch.int64))
     return unselected, torch.as_tensor(labels, dtype=torch.float32), list(captions), list(paths)
 
 

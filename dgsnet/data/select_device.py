@@ -317,6 +317,54 @@ def select_patches_device(images: Any, device: str | torch.device = "auto", perm
     return select_patches_torch(tensors, permutations, entropy_dtype=dtype, normalize=norm)
 
 
+def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """An HxWx3 image as stored -> as PIL's ImageOps.exif_transpose turns it for an EXIF orientation (1-8)."""
+    if orientation in (5, 6, 7, 8):  # the turned ones: a quarter turn, then maybe a mirror
+        image = image.transpose(0, 1)  # 5: the transpose itself
+        if orientation == 6:
+            image = image.flip(1)
+        elif orientation == 7:
+            image = image.flip(0).flip(1)
+        elif orientation == 8:
+            image = image.flip(0)
+        return image
+    if orientation == 2:
+        return image.flip(1)
+    if orientation == 3:
+        return image.flip(0).flip(1)
+    if orientation == 4:
+        return image.flip(0)
+    return image
+
+
+def decode_jpegs_on(data: Sequence[torch.Tensor], device: str | torch.device,
+                    orientations: Sequence[int] | None = None) -> list[torch.Tensor | None]:
+    """1-D uint8 tensors of JPEG files -> HxWx3 uint8 RGB on `device`, turned by their EXIF
+    orientations (dgsnet.image.decode.jpeg_for_device reads them), None where the decoder refuses a
+    file. torchvision.io.decode_jpeg: nvjpeg on CUDA (pixels a few levels off libjpeg's), on the CPU
+    libjpeg-turbo, whose pixels are Pillow's."""
+    import warnings
+
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    device = torch.device(device)
+    orientations = list(orientations) if orientations is not None else [1] * len(data)
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its decoders for TorchCodec's; they work, and a warning per
+        # batch would flood the log (the docs say so once)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            out = list(decode_jpeg(list(data), mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:  # one bad file fails the whole batch call: find it
+            out = []
+            for item in data:
+                try:
+                    out.append(decode_jpeg(item, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    out.append(None)
+    return [None if x is None else orient(x.permute(1, 2, 0), o).contiguous() for x, o in zip(out, orientations)]
+
+
 def decode_jpeg_batch(data: Sequence[bytes], device: str | torch.device = "cuda") -> list[torch.Tensor]:
     """JPEG bytes -> (H, W, 3) uint8 RGB tensors on `device`: nvjpeg (torchvision.io.decode_jpeg on CUDA)
     when torchvision and a GPU are there, else dgsnet's CPU decoder (dgsnet.image.decode.load_rgb).

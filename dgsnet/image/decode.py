@@ -546,6 +546,35 @@ def load_rgb(source: Source, max_pixels: int | None = DEFAULT_MAX_PIXELS, decode
         return rgb
 
 
+def jpeg_for_device(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                    decode: str = "dgsnet") -> tuple[np.ndarray, int] | None:
+    """(the file's bytes, its EXIF orientation) when a JPEG decoder on the training device can take
+    the file as `load_rgb` would decode it: a JPEG of RGB (YCbCr) or greyscale pixels within
+    `max_pixels`; the orientation is 1 ("as stored") under decode="pil", which ignores EXIF.
+    None for anything else (another format, CMYK, over the limit, an unreadable header): those are
+    decoded on the CPU by `load_rgb`, whose errors name the problem. Reads the header, not the pixels."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    if not data.startswith(b"\xff\xd8\xff"):
+        return None
+    try:
+        with _own_bomb_check():
+            img = Image.open(io.BytesIO(data))
+        with img:
+            width, height = img.size
+            if img.format != "JPEG" or img.mode not in ("RGB", "L") or width * height == 0:
+                return None
+            if max_pixels is not None and width * height > max_pixels:
+                return None
+            orientation = img.getexif().get(_EXIF_ORIENTATION, 1) if decode == "dgsnet" else 1
+    except Exception:  # noqa: BLE001 - the CPU decoder reports it
+        return None
+    return np.frombuffer(data, dtype=np.uint8), int(orientation) if orientation in range(1, 9) else 1
+
+
 _EXIF_ORIENTATION = 0x0112
 _TURNED = (2, 3, 4, 5, 6, 7, 8)  # EXIF orientations other than "as stored"
 

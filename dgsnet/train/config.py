@@ -61,6 +61,7 @@ class TrainConfig:
     pixel_budget: float | None = None  # megapixels decoded at once by all DataLoader workers (default: 25% of memory at 12 bytes/pixel); DGSNET_PIXEL_BUDGET also sets it
     jpeg_draft: bool = False  # decode a JPEG over the 100 MP bomb limit at 1/2..1/8 scale (it is resampled) instead of skipping it
     decode: str = "dgsnet"  # dgsnet (EXIF rotation applied, alpha on white) or pil (published: PIL convert('RGB'))
+    jpeg_decoder: str = "cpu"  # cpu (Pillow in the DataLoader workers) or device (JPEG files decoded on the training device by torchvision: nvjpeg on a GPU, pixels a few levels off libjpeg's; needs --patch-selection device and no blur/jpeg/resize augmentation)
     patch_selection: str = "auto"  # where patches are selected: cpu (DataLoader workers), device (the training device, one batch at a time: the same tiles), auto (device on a GPU, else cpu)
     caption_max_template: float = 0.1  # error when a captions file is used and more than this fraction of images fall back to the template caption
     drop_last: bool = True  # drop an epoch's last partial batch (the published loader keeps it)
@@ -118,7 +119,7 @@ class TrainConfig:
 
     def __post_init__(self):
         choices = {"norm": ("imagenet", "clip"), "schedule": ("constant", "cosine"),
-                   "decode": ("dgsnet", "pil"), "patch_selection": ("auto", "cpu", "device"), "activation": ("auto", "quick_gelu", "gelu"),
+                   "decode": ("dgsnet", "pil"), "patch_selection": ("auto", "cpu", "device"), "jpeg_decoder": ("cpu", "device"), "activation": ("auto", "quick_gelu", "gelu"),
                    "lora_scaling": ("sqrt", "linear"), "lora_dropout_masks": ("separate", "shared"),
                    "surgery": ("none", "feature", "layer", "both"), "variant": ("published", "paper"),
                    "amp": ("auto", "bf16", "fp16", "off"),
@@ -126,6 +127,14 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}")
+        if self.jpeg_decoder == "device":  # the device decodes, so selection runs there; no pixels in the workers
+            if self.patch_selection == "cpu":
+                raise ValueError("jpeg_decoder='device' hands the pixels to the patch selection on the device: "
+                                 "use --patch-selection device (or auto), or --jpeg-decoder cpu")
+            if max(self.blur_prob, self.jpeg_prob, self.resize_prob) > 0:
+                raise ValueError("jpeg_decoder='device' leaves no pixels in the DataLoader workers for the "
+                                 "blur/JPEG/resize augmentations: set --blur-prob, --jpeg-prob and --resize-prob "
+                                 "to 0, or use --jpeg-decoder cpu")
         for name in ("batch_size", "accum", "log_every", "ckpt_every", "layer_refresh", "teacher_epochs", "epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -9,6 +9,7 @@ an uninterrupted run ends (same weights, same data order).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import shutil
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dgsnet.progress import reporter as progress_reporter
 from dgsnet.data.dataset import FolderDataset, Unselected, collate, collate_unselected, worker_init
-from dgsnet.data.select_device import select_patches_torch
+from dgsnet.data.select_device import decode_jpegs_on, select_patches_torch
 from dgsnet.device import resolve_device
 from dgsnet.models import CaptionFeatureCache, DGSNetModel
 from dgsnet.models import checkpoint as ckpt
@@ -157,8 +158,8 @@ def patch_selection_site(cfg: TrainConfig, device: torch.device, dataset: Datase
     CPU core's work per image (bench/bench_data.py); the workers on the CPU, where numpy's selection
     is faster than torch's and the workers overlap it with the step."""
     site = cfg.patch_selection
-    if site == "auto":
-        site = "device" if device.type == "cuda" else "cpu"
+    if site == "auto":  # --jpeg-decoder device decodes on the device: the selection follows it there
+        site = "device" if device.type == "cuda" or cfg.jpeg_decoder == "device" else "cpu"
     if site == "device" and not isinstance(dataset, FolderDataset):
         if cfg.patch_selection == "device":
             raise ValueError(f"--patch-selection device needs dgsnet's folder dataset; this run's dataset is "
@@ -210,8 +211,11 @@ class StageTrainer:
                              wandb_project=cfg.wandb_project, config=cfg.to_dict())
         self.validation = None  # a Validation when the run has --val-data (see _run_stage)
         self.selection = patch_selection_site(cfg, self.device, dataset)
+        if cfg.jpeg_decoder == "device" and self.selection != "device":  # a dataset that cannot defer
+            raise ValueError("--jpeg-decoder device needs the patch selection on the device, which this "
+                             f"run's {type(dataset).__name__} cannot leave to it: use --jpeg-decoder cpu")
         if self.selection == "device":  # the workers decode and augment; the loop selects (_model_inputs)
-            self.dataset = dataset.with_deferred_selection()
+            self.dataset = dataset.with_deferred_selection(device_jpeg=cfg.jpeg_decoder == "device")
         model.to(self.device)
         model.set_stage(stage)
         self.sharded = stage == 2 and cfg.fsdp
@@ -358,16 +362,53 @@ class StageTrainer:
                             pin_memory=self.device.type == "cuda", generator=gen, **extra)
         return loader, batches
 
-    def _model_inputs(self, images) -> torch.Tensor:
-        """A batch's images on the device, normalised; with --patch-selection device, the tiles of the
-        batch's pixels selected there (the same bits as the workers' numpy selection)."""
+    def _model_inputs(self, images, paths) -> tuple[torch.Tensor, list[bool] | None]:
+        """(a batch's images on the device, normalised; which of the batch's items they are, None for
+        all). With --patch-selection device, the tiles of the batch's pixels selected there (the same
+        bits as the workers' numpy selection); with --jpeg-decoder device, JPEGs decoded there first."""
         if not isinstance(images, Unselected):
-            return images.to(self.device, non_blocking=True)
-        pixels = (images.pixels.to(self.device, non_blocking=True) if isinstance(images.pixels, torch.Tensor)
-                  else [p.to(self.device, non_blocking=True) for p in images.pixels])
-        return select_patches_torch(pixels, images.permutations.to(self.device, non_blocking=True),
-                                    flips=images.flips.to(self.device, non_blocking=True),
-                                    entropy_dtype=_entropy_dtype(self.device), normalize=self.dataset.norm)
+            return images.to(self.device, non_blocking=True), None
+        kept = None
+        if isinstance(images.pixels, torch.Tensor):
+            pixels = images.pixels.to(self.device, non_blocking=True)
+        else:
+            pixels = [p.to(self.device, non_blocking=True) if p.dim() == 3 else None for p in images.pixels]
+            encoded = [i for i, p in enumerate(images.pixels) if p.dim() == 1]
+            if encoded:
+                decoded = decode_jpegs_on([images.pixels[i] for i in encoded], self.device,
+                                          images.orientations[encoded].tolist())
+                for i, rgb in zip(encoded, decoded):
+                    pixels[i] = rgb if rgb is not None else self._decode_refused(paths[i])
+                kept = [p is not None for p in pixels]
+                if all(kept):
+                    kept = None
+                else:  # refused by both decoders: skipped (the batch's other images go on)
+                    pixels = [p for p in pixels if p is not None]
+                    if not pixels:
+                        return torch.empty(0, device=self.device), kept
+        orders, flips = images.permutations, images.flips
+        if kept is not None:
+            mask = torch.tensor(kept)
+            orders, flips = orders[mask], flips[mask]
+        tiles = select_patches_torch(pixels, orders.to(self.device, non_blocking=True),
+                                     flips=flips.to(self.device, non_blocking=True),
+                                     entropy_dtype=_entropy_dtype(self.device), normalize=self.dataset.norm)
+        return tiles, kept
+
+    def _decode_refused(self, path: str) -> torch.Tensor | None:
+        """A JPEG the device decoder refused, decoded on the CPU as the workers would (None, logged and
+        counted as skipped, when that fails too; the error itself under --strict-data)."""
+        from dgsnet.image.decode import ImageLoadError, load_rgb
+
+        try:
+            rgb = load_rgb(path, self.dataset.max_pixels, self.dataset.decode)
+        except ImageLoadError as exc:
+            if self.cfg.strict_data:
+                raise
+            self.dataset.skipped.append(path)
+            logging.getLogger("dgsnet.data").warning("skipped unreadable image: %s", exc)
+            return None
+        return torch.from_numpy(rgb).to(self.device)
 
     def _autocast(self):
         if self.amp is None:
@@ -463,7 +504,13 @@ class StageTrainer:
                     if batch is None:
                         continue
                     images, labels, captions, paths = batch
-                    images = self._model_inputs(images)
+                    images, kept = self._model_inputs(images, paths)
+                    if kept is not None:  # images neither JPEG decoder could read: dropped, as the workers do
+                        labels = labels[torch.tensor(kept)]
+                        captions = [c for c, k in zip(captions, kept) if k]
+                        paths = [p for p, k in zip(paths, kept) if k]
+                        if not paths:
+                            continue
                     labels = labels.to(self.device, non_blocking=True)
                     # One all-reduce per optimiser step: earlier micro-batches skip DDP's sync; layer
                     # surgery always does (it reduces gradients and u itself).
