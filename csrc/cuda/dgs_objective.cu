@@ -1,18 +1,20 @@
 // CUDA kernels of dgsnet::dgs_forward / dgs_backward (schema in csrc/ops.cpp,
 // CPU twin in csrc/cpu/dgs_objective.cpp). One launch per call each.
 //
-// Forward: block b owns a contiguous run of rows.
+// Forward: block b owns a contiguous run of at least kMinRowsPerBlock rows
+// (about two blocks per SM at large B).
 //   Phase A (one warp per row): five dot products in one read of the row,
 //     <f, w_S>, <f_T, w_T>, <t, w_X>, <f, min(w_T, 0)>, <f, max(w_T, 0)>;
 //     the last two give the alignment term <f, min(c_T w_T, 0)> for either
-//     sign of c_T. Lane 0 writes the row's coefficients.
+//     sign of c_T. Lane 0 writes the row's coefficients. When the rows, the
+//     weights and D allow it, each lane reads 16 bytes at a time (8 half
+//     values, 4 floats, 2 doubles).
 //   Phase B (one thread per column): the block's share of
 //     sum_i c_S f_i and sum_i c_X t_i, and the harmful rows.
-//   The block writes its partial sums to a workspace; the last block to
-//   finish (atomic ticket after a memory fence) adds the partials in block
-//   order, so the result does not depend on scheduling. The ticket is a
-//   fresh zeroed word per call (one memset), which keeps concurrent streams
-//   and captured CUDA graphs from sharing it.
+//   One block (B <= kMinRowsPerBlock) writes the results itself: one launch.
+//   Otherwise each block writes its partial sums to a workspace, and a second,
+//   column-parallel launch adds them in block order (a thread per column): the
+//   result does not depend on scheduling, and no atomics or ticket are needed.
 // Backward: one warp per row, reading only the saved (B, 4) coefficients and
 // the three D-vectors of head weights; the head gradients are scaled sums.
 //
@@ -30,6 +32,8 @@
 #include <torch/library.h>
 
 #include <array>
+#include <cstdint>
+#include <initializer_list>
 #include <utility>
 
 #include "../dgs_math.h"
@@ -40,6 +44,19 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
+constexpr int64_t kMinRowsPerBlock = 16;  // fewer leaves warps idle and multiplies the partials
+constexpr int kReduceThreads = 128;
+
+// 16 bytes of T, loaded as one (or, for 32-byte packs, two) vector loads.
+template <int N, typename T>
+struct alignas(16) Pack {
+  T v[N];
+};
+
+template <int N, typename T>
+__device__ __forceinline__ Pack<N, T> load_pack(const T* p) {
+  return *reinterpret_cast<const Pack<N, T>*>(p);
+}
 
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
@@ -81,6 +98,7 @@ struct ForwardParams {
   int64_t batch, dim, rows_per_block;
   acc_t lam, eps;
   bool with_align;
+  bool vec;          // rows, weights and D allow 16-byte loads in phase A
   acc_t* harmful;    // (B, D)
   acc_t* coef;       // (B, 4)
   acc_t* head_sums;  // (2, D+1)
@@ -89,16 +107,65 @@ struct ForwardParams {
   acc_t* text;
   acc_t* align;
   acc_t* teacher;
-  acc_t* partial;  // (gridDim.x, 2 (D+1) + 4)
-  unsigned int* ticket;
+  acc_t* partial;  // (gridDim.x, 2 (D+1) + 4); nullptr with one block: results written directly
 };
+
+// The five loss outputs from the four sums over the batch (img, text, align, teacher).
+template <typename acc_t>
+__device__ __forceinline__ void write_losses(const acc_t* sums, acc_t batch, bool with_align,
+                                             acc_t lam, acc_t* total, acc_t* img_out,
+                                             acc_t* text_out, acc_t* align_out,
+                                             acc_t* teacher_out) {
+  const acc_t img = sums[0] / batch, text = sums[1] / batch, teacher = sums[3] / batch;
+  const acc_t align = with_align ? sums[2] / batch : acc_t(0);
+  *total = with_align ? img + text + lam * align : img + text;
+  *img_out = img;
+  *text_out = text;
+  *align_out = align;
+  *teacher_out = teacher;
+}
+
+// Phase A of one row: <f, w_S>, <f_T, w_T>, <t, w_X>, <f, min(w_T, 0)>, <f, max(w_T, 0)>,
+// this lane's share (summed over the warp by the caller).
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void row_dots(const ForwardParams<scalar_t, acc_t>& p,
+                                         const scalar_t* fr, const scalar_t* ftr,
+                                         const scalar_t* tr, int lane, acc_t (&d)[5]) {
+  const int64_t D = p.dim;
+  if (p.vec) {
+    constexpr int kVec = 16 / sizeof(scalar_t);
+    for (int64_t j = static_cast<int64_t>(lane) * kVec; j < D; j += 32 * kVec) {
+      const auto fv = load_pack<kVec>(fr + j), ftv = load_pack<kVec>(ftr + j),
+                 tv = load_pack<kVec>(tr + j);
+      const auto ws = load_pack<kVec>(p.ws + j), wt = load_pack<kVec>(p.wt + j),
+                 wx = load_pack<kVec>(p.wx + j);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) {
+        const acc_t f = static_cast<acc_t>(fv.v[k]), w = wt.v[k];
+        d[0] += f * ws.v[k];
+        d[1] += static_cast<acc_t>(ftv.v[k]) * w;
+        d[2] += static_cast<acc_t>(tv.v[k]) * wx.v[k];
+        d[3] += f * (w < acc_t(0) ? w : acc_t(0));
+        d[4] += f * (w > acc_t(0) ? w : acc_t(0));
+      }
+    }
+    return;
+  }
+  for (int64_t j = lane; j < D; j += 32) {
+    const acc_t f = static_cast<acc_t>(fr[j]), w = p.wt[j];
+    d[0] += f * p.ws[j];
+    d[1] += static_cast<acc_t>(ftr[j]) * w;
+    d[2] += static_cast<acc_t>(tr[j]) * p.wx[j];
+    d[3] += f * (w < acc_t(0) ? w : acc_t(0));
+    d[4] += f * (w > acc_t(0) ? w : acc_t(0));
+  }
+}
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
 dgs_forward_kernel(const ForwardParams<scalar_t, acc_t> p) {
   __shared__ acc_t scratch[kWarps];
   __shared__ acc_t warp_losses[kWarps][4];
-  __shared__ bool is_last;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t D = p.dim;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * p.rows_per_block;
@@ -121,21 +188,13 @@ dgs_forward_kernel(const ForwardParams<scalar_t, acc_t> p) {
     const scalar_t* fr = p.f + r * p.ld_f;
     const scalar_t* ftr = p.ft + r * p.ld_ft;
     const scalar_t* tr = p.t + r * p.ld_t;
-    acc_t zs = 0, zt = 0, zx = 0, fneg = 0, fpos = 0;
-    for (int64_t j = lane; j < D; j += 32) {
-      const acc_t fv = static_cast<acc_t>(fr[j]);
-      const acc_t wtj = p.wt[j];
-      zs += fv * p.ws[j];
-      zt += static_cast<acc_t>(ftr[j]) * wtj;
-      zx += static_cast<acc_t>(tr[j]) * p.wx[j];
-      fneg += fv * (wtj < acc_t(0) ? wtj : acc_t(0));
-      fpos += fv * (wtj > acc_t(0) ? wtj : acc_t(0));
-    }
-    zs = warp_sum(zs) + bs;
-    zt = warp_sum(zt) + bt;
-    zx = warp_sum(zx) + bx;
-    fneg = warp_sum(fneg);
-    fpos = warp_sum(fpos);
+    acc_t d[5] = {0, 0, 0, 0, 0};
+    row_dots(p, fr, ftr, tr, lane, d);
+    const acc_t zs = warp_sum(d[0]) + bs;
+    const acc_t zt = warp_sum(d[1]) + bt;
+    const acc_t zx = warp_sum(d[2]) + bx;
+    const acc_t fneg = warp_sum(d[3]);
+    const acc_t fpos = warp_sum(d[4]);
     if (lane == 0) {
       const acc_t y = p.y[r];
       acc_t sig_s, sig_t, sig_x, bce_s, bce_t, bce_x;
@@ -163,8 +222,11 @@ dgs_forward_kernel(const ForwardParams<scalar_t, acc_t> p) {
   }
   __syncthreads();  // the block's coefficient rows (global) and warp_losses are visible
 
-  // Phase B: a thread per column, over the block's rows.
-  acc_t* part = p.partial + static_cast<int64_t>(blockIdx.x) * (2 * (D + 1) + 4);
+  // Phase B: a thread per column, over the block's rows. One block: straight into
+  // head_sums, whose (2, D+1) layout is the partial row's first 2 (D+1) entries.
+  acc_t* part = p.partial == nullptr
+                    ? p.head_sums
+                    : p.partial + static_cast<int64_t>(blockIdx.x) * (2 * (D + 1) + 4);
   for (int64_t j = threadIdx.x; j < D; j += kThreads) {
     const acc_t wxj = p.wx[j];
     acc_t sf = 0, st = 0;
@@ -187,41 +249,57 @@ dgs_forward_kernel(const ForwardParams<scalar_t, acc_t> p) {
     }
     part[D] = sum_s;
     part[2 * D + 1] = sum_x;
+    acc_t sums[4];
     for (int k = 0; k < 4; ++k) {
-      acc_t s = 0;
-      for (int w = 0; w < kWarps; ++w) s += warp_losses[w][k];
-      part[2 * (D + 1) + k] = s;
+      sums[k] = 0;
+      for (int w = 0; w < kWarps; ++w) sums[k] += warp_losses[w][k];
     }
-  }
-
-  // The last block to finish adds every block's partial sums, in block order.
-  __threadfence();
-  __syncthreads();
-  // Blocks take tickets 0, 1, ...: the one that draws gridDim.x - 1 arrives last.
-  if (threadIdx.x == 0) is_last = atomicInc(p.ticket, gridDim.x - 1) == gridDim.x - 1;
-  __syncthreads();
-  if (!is_last) return;
-  __threadfence();
-  const int64_t width = 2 * (D + 1) + 4;
-  for (int64_t c = threadIdx.x; c < width; c += kThreads) {
-    acc_t s = 0;
-    for (unsigned int b = 0; b < gridDim.x; ++b) s += __ldcg(p.partial + b * width + c);  // skip L1
-    if (c < 2 * (D + 1)) {
-      p.head_sums[c] = s;
+    if (p.partial == nullptr) {
+      write_losses(sums, batch, p.with_align, p.lam, p.total, p.img, p.text, p.align, p.teacher);
     } else {
-      scratch[c - 2 * (D + 1)] = s / batch;  // img, text, align, teacher (kWarps >= 4)
+      for (int k = 0; k < 4; ++k) part[2 * (D + 1) + k] = sums[k];
     }
   }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    const acc_t img = scratch[0], text = scratch[1], teacher = scratch[3];
-    const acc_t align = p.with_align ? scratch[2] : acc_t(0);
-    *p.total = p.with_align ? img + text + p.lam * align : img + text;
-    *p.img = img;
-    *p.text = text;
-    *p.align = align;
-    *p.teacher = teacher;
+}
+
+// The blocks' partial rows added column by column, in block order (a thread per
+// column); block 0 also adds the four loss sums and writes the losses.
+template <typename acc_t>
+__global__ void __launch_bounds__(kReduceThreads)
+dgs_forward_reduce_kernel(const acc_t* __restrict__ partial, int64_t blocks, int64_t dim,
+                          acc_t batch, acc_t lam, bool with_align, acc_t* __restrict__ head_sums,
+                          acc_t* total, acc_t* img, acc_t* text, acc_t* align, acc_t* teacher) {
+  __shared__ acc_t loss_sums[4];
+  const int64_t width = 2 * (dim + 1) + 4;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kReduceThreads + threadIdx.x;
+  if (c < 2 * (dim + 1)) {
+    acc_t s = 0;
+#pragma unroll 8
+    for (int64_t b = 0; b < blocks; ++b) s += partial[b * width + c];
+    head_sums[c] = s;
   }
+  if (blockIdx.x != 0) return;
+  if (threadIdx.x < 4) {
+    acc_t s = 0;
+    for (int64_t b = 0; b < blocks; ++b) s += partial[b * width + 2 * (dim + 1) + threadIdx.x];
+    loss_sums[threadIdx.x] = s;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) write_losses(loss_sums, batch, with_align, lam, total, img, text, align, teacher);
+}
+
+// 16-byte loads need every row start and the weights 16-byte aligned and D a whole
+// number of packs.
+bool vector_loads_ok(std::initializer_list<const at::Tensor*> rows,
+                     std::initializer_list<const at::Tensor*> weights, int64_t dim) {
+  const int64_t n = 16 / rows.begin()[0]->element_size();
+  if (dim % n != 0) return false;
+  for (const at::Tensor* x : rows)
+    if (reinterpret_cast<uintptr_t>(x->const_data_ptr()) % 16 != 0 || x->stride(0) % n != 0)
+      return false;
+  for (const at::Tensor* w : weights)
+    if (reinterpret_cast<uintptr_t>(w->const_data_ptr()) % 16 != 0) return false;
+  return true;
 }
 
 template <typename acc_t>
@@ -259,19 +337,19 @@ ForwardOut dgs_forward_cuda(const at::Tensor& f_in, const at::Tensor& ft_in, con
   std::array<at::Tensor, 5> losses;  // separate outputs: a custom op's outputs may not alias
   for (auto& l : losses) l = at::empty({}, opts);
 
-  // Two blocks per SM, each owning a run of rows; the partials cost one row
-  // of 2 (D+1) + 4 sums per block.
+  // About two blocks per SM, each owning a run of at least kMinRowsPerBlock rows; the
+  // partials cost one row of 2 (D+1) + 4 sums per block.
   int device_sms = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&device_sms, cudaDevAttrMultiProcessorCount,
                                         f.device().index()));
   const int64_t target_blocks = std::max<int64_t>(1, 2 * static_cast<int64_t>(device_sms));
-  const int64_t rows_per_block = (batch + target_blocks - 1) / target_blocks;
-  const int64_t blocks = (batch + rows_per_block - 1) / rows_per_block;
-  at::Tensor partial = at::empty({blocks, 2 * (dim + 1) + 4}, opts);
+  const int64_t rows_per_block =
+      std::max(kMinRowsPerBlock, (batch + target_blocks - 1) / target_blocks);
+  const int64_t blocks = std::max<int64_t>(1, (batch + rows_per_block - 1) / rows_per_block);
+  at::Tensor partial;
+  if (blocks > 1) partial = at::empty({blocks, 2 * (dim + 1) + 4}, opts);
   auto stream = c10::cuda::getCurrentCUDAStream();
-  at::Tensor ticket_word = at::empty({1}, f.options().dtype(at::kInt));
-  C10_CUDA_CHECK(cudaMemsetAsync(ticket_word.data_ptr(), 0, sizeof(int), stream.stream()));
-  unsigned int* ticket = reinterpret_cast<unsigned int*>(ticket_word.data_ptr<int>());
+  const bool vec = vector_loads_ok({&f, &ft, &t}, {&ws, &wt, &wx}, dim);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.scalar_type(),
                                   "dgsnet_dgs_forward_cuda", [&] {
@@ -296,6 +374,7 @@ ForwardOut dgs_forward_cuda(const at::Tensor& f_in, const at::Tensor& ft_in, con
     p.lam = static_cast<acc_t>(lam);
     p.eps = static_cast<acc_t>(eps);
     p.with_align = with_align;
+    p.vec = vec;
     p.harmful = harmful.data_ptr<acc_t>();
     p.coef = coef.data_ptr<acc_t>();
     p.head_sums = head_sums.data_ptr<acc_t>();
@@ -304,11 +383,18 @@ ForwardOut dgs_forward_cuda(const at::Tensor& f_in, const at::Tensor& ft_in, con
     p.text = losses[2].data_ptr<acc_t>();
     p.align = losses[3].data_ptr<acc_t>();
     p.teacher = losses[4].data_ptr<acc_t>();
-    p.partial = partial.data_ptr<acc_t>();
-    p.ticket = ticket;
+    p.partial = blocks > 1 ? partial.data_ptr<acc_t>() : nullptr;
     dgs_forward_kernel<scalar_t, acc_t>
         <<<static_cast<unsigned int>(blocks), kThreads, 0, stream.stream()>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (blocks > 1) {
+      const int64_t reduce_blocks = (2 * (dim + 1) + kReduceThreads - 1) / kReduceThreads;
+      dgs_forward_reduce_kernel<acc_t>
+          <<<static_cast<unsigned int>(reduce_blocks), kReduceThreads, 0, stream.stream()>>>(
+              p.partial, blocks, dim, static_cast<acc_t>(batch), p.lam, with_align, p.head_sums,
+              p.total, p.img, p.text, p.align, p.teacher);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   });
   return {losses[0], losses[1], losses[2], losses[3], losses[4], harmful, coef, head_sums};
 }

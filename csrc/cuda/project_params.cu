@@ -4,11 +4,12 @@
 //
 // Multi-tensor: the list is cut into chunks of at most kChunk elements, and
 // one table (tensor pointers, sizes, each chunk's tensor and offset) is copied
-// to the device once. Two launches whatever the number of tensors:
+// to the device once. Three launches whatever the number of tensors:
 //   1. one block per chunk: the chunk's partial <g, u> and ||u||^2;
-//   2. one block per chunk: the chunk's tensor's sums, added over its chunks
-//      in chunk order (every block of a tensor gets the same coefficient,
-//      whatever the scheduling), then the update of the chunk.
+//   2. one block per tensor: its chunks' partials added in a fixed order, one
+//      coefficient <g, u> / (||u||^2 + eps) per tensor (read once, not re-summed
+//      by every chunk's block);
+//   3. one block per chunk: the update of the chunk with its tensor's coefficient.
 // Sums are kept in float64 for every input type: the pass is memory-bound.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -87,27 +88,30 @@ chunk_dot_norm_kernel(const Table table, double* __restrict__ partial) {
   }
 }
 
-template <typename scalar_t>
+// Block l: tensor l's coefficient from its chunks' partials (a tensor of millions of
+// elements has hundreds of chunks), summed by the whole block in a fixed order.
 __global__ void __launch_bounds__(kThreads)
-chunk_update_kernel(const Table table, const double* __restrict__ partial, double eps) {
-  __shared__ double coef;
-  const int64_t c = blockIdx.x;
-  const int64_t l = table.chunks[2 * c], start = table.chunks[2 * c + 1];
-  const int64_t* tr = table.tensors + 4 * l;
-  // The tensor's chunk partials, summed by the whole block (a tensor of millions of
-  // elements has thousands of chunks). Every block of the tensor sums in the same
-  // order, so all of them apply the same coefficient.
-  const int64_t first = tr[3];
-  const int64_t last = l + 1 < table.n_tensors ? tr[4 + 3] : table.n_chunks;
+tensor_coef_kernel(const Table table, const double* __restrict__ partial, double eps,
+                   double* __restrict__ coef) {
+  const int64_t l = blockIdx.x;
+  const int64_t first = table.tensors[4 * l + 3];
+  const int64_t last = l + 1 < table.n_tensors ? table.tensors[4 * l + 4 + 3] : table.n_chunks;
   double dot = 0, norm2 = 0;
   for (int64_t k = first + threadIdx.x; k < last; k += kThreads) {
     dot += partial[2 * k];
     norm2 += partial[2 * k + 1];
   }
   block_sum2(dot, norm2);
-  if (threadIdx.x == 0) coef = dot / (norm2 + eps);
-  __syncthreads();
-  const double a = coef;
+  if (threadIdx.x == 0) coef[l] = dot / (norm2 + eps);
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+chunk_update_kernel(const Table table, const double* __restrict__ coef) {
+  const int64_t c = blockIdx.x;
+  const int64_t l = table.chunks[2 * c], start = table.chunks[2 * c + 1];
+  const int64_t* tr = table.tensors + 4 * l;
+  const double a = coef[l];
   if (a == 0.0) return;  // zero direction (or orthogonal gradient): nothing to remove
   scalar_t* g = reinterpret_cast<scalar_t*>(tr[0]) + start;
   const scalar_t* u = reinterpret_cast<const scalar_t*>(tr[1]) + start;
@@ -152,6 +156,7 @@ void project_params_cuda(at::TensorList grads, at::TensorList dirs, double eps) 
   std::copy(words.begin(), words.end(), host.data_ptr<int64_t>());
   at::Tensor table_dev = host.to(grads[0].device(), /*non_blocking=*/true);
   at::Tensor partial = at::empty({2 * n_chunks}, grads[0].options().dtype(at::kDouble));
+  at::Tensor coef = at::empty({n_tensors}, grads[0].options().dtype(at::kDouble));
 
   Table table;
   table.tensors = table_dev.const_data_ptr<int64_t>();
@@ -159,15 +164,19 @@ void project_params_cuda(at::TensorList grads, at::TensorList dirs, double eps) 
   table.n_tensors = n_tensors;
   table.n_chunks = n_chunks;
   auto stream = c10::cuda::getCurrentCUDAStream();
-  TORCH_CHECK(n_chunks < (int64_t{1} << 31), "dgsnet::project_params_ (cuda): ", n_chunks,
-              " chunks; split the list");
+  TORCH_CHECK(n_chunks < (int64_t{1} << 31) && n_tensors < (int64_t{1} << 31),
+              "dgsnet::project_params_ (cuda): ", n_chunks, " chunks of ", n_tensors,
+              " tensors; split the list");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads[0].scalar_type(),
                                   "dgsnet_project_params_cuda", [&] {
     chunk_dot_norm_kernel<scalar_t><<<static_cast<unsigned int>(n_chunks), kThreads, 0,
                                       stream.stream()>>>(table, partial.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    tensor_coef_kernel<<<static_cast<unsigned int>(n_tensors), kThreads, 0, stream.stream()>>>(
+        table, partial.const_data_ptr<double>(), eps, coef.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     chunk_update_kernel<scalar_t><<<static_cast<unsigned int>(n_chunks), kThreads, 0,
-                                    stream.stream()>>>(table, partial.const_data_ptr<double>(), eps);
+                                    stream.stream()>>>(table, coef.const_data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

@@ -107,3 +107,43 @@ def test_cuda_half_gradients(dtype):
     project_params_(got, [u.to(GPU, dtype) for u in dirs], eps=1e-12, backend="cuda")
     for a, b in zip(got, want):
         torch.testing.assert_close(a.double().cpu(), b, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.skipif(not any(b == "triton" for b, _ in BACKENDS), reason="triton not usable here")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_triton_per_tensor_coefficient_over_many_chunk_blocks(dtype, monkeypatch):
+    """The middle step adds a tensor's chunk partials COEF_BLOCK at a time: with a block of 2
+    chunks, tensors of 1, 2, 3 and 5 chunks cross its edges (and one follows an empty tensor)."""
+    from dgsnet.surgery.backends.triton import project_params as pp
+
+    monkeypatch.setattr(pp, "_COEF_BLOCK", 2)
+    gen = torch.Generator().manual_seed(7)
+    sizes = [5, pp.CHUNK * 2, 0, pp.CHUNK * 2 + 1, pp.CHUNK * 4 + 3, 1]
+    grads = [torch.randn(n, generator=gen, dtype=dtype) for n in sizes]
+    dirs = [torch.randn(n, generator=gen, dtype=dtype) for n in sizes]
+    device = dict(BACKENDS)["triton"]
+    check("triton", device, grads, dirs, 1e-12, dtype)
+
+
+@pytest.mark.skipif(not any(b == "triton" for b, _ in BACKENDS), reason="triton not usable here")
+def test_triton_eps_is_a_runtime_value():
+    device = dict(BACKENDS)["triton"]
+    grads = [torch.randn(40, dtype=torch.float64) * 1e-3]
+    dirs = [torch.randn(40, dtype=torch.float64) * 1e-3]
+    for eps in (1e-12, 1e-5):  # eps comparable to ||u||^2: the coefficient changes with it
+        check("triton", device, grads, dirs, eps, torch.float64)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(GPU is None, reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_project_params_refuses_graph_capture(backend):
+    if backend not in available_backends(GPU):
+        pytest.skip(f"{backend} not available")
+    grads = [torch.randn(100, device=GPU)]
+    dirs = [torch.randn(100, device=GPU)]
+    project_params_(grads, dirs, eps=1e-12, backend=backend)  # warm-up outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph"):
+        with torch.cuda.graph(graph):
+            project_params_(grads, dirs, eps=1e-12, backend=backend)
