@@ -13,7 +13,22 @@ timed). Competitors, on the same inputs in one run:
 Ratios are reference time / backend time (higher is faster); each time is the
 median of 5 interleaved rounds (competitors take turns) of a median over
 --repeats calls. On a GPU the peak memory allocated during one call is
-reported too.
+reported too, each backend's time over the copy floor (x_copy_floor) and the
+number of GPU kernels one forward + backward launches (at B=32, D=768).
+
+The call overhead (its own table, "call_overhead" in the JSON): at B=1, D=512,
+where the kernels take no time, per backend
+  fwd_us       dgs_objective with autograd recording (what a training step calls)
+  fwd_bwd_us   the main rows' step: forward, backward of total, grads set to None
+  own_us       fwd_bwd_us - autograd_floor_us: what the objective itself costs
+and autograd_floor_us, the same step through a one-node graph on the features
+(f.sum(), backward, the same zeroing): the autograd engine's fixed cost, which
+any objective pays; own_us thus includes the head gradients' accumulation.
+
+Targets (the "targets" entry of the JSON, each with its measured value): on
+the CPU cpp >= 5x the reference at B=256, D=768 and its fwd_us < 40 us; on a
+GPU >= 10x at B=32 (cuda, triton), <= 2x the copy floor at B=4096, and one
+or two kernels per forward + backward.
 
     python bench/bench_surgery.py [--quick] [--device cpu|cuda] [--repeats N]
 """
@@ -26,7 +41,7 @@ from torch import nn
 
 from common import (add_threads_option, base_parser, device_name, interleaved_times,
                     markdown_table, peak_memory_bytes, resolve_device, results_dir, set_threads,
-                    write_results)
+                    synchronize, write_results)
 from dgsnet.surgery import available_backends, dgs_objective
 
 BATCHES = (1, 32, 256, 4096)
@@ -74,6 +89,93 @@ def reference_total(f, f_t, t, y, hs, ht, hx):
     return dgs_objective(f, f_t, t, y, hs, ht, hx, backend="reference", check_labels=False).total
 
 
+def forward_fn(backend, feats, labels, heads):
+    f, f_t, t = feats
+
+    def forward():
+        dgs_objective(f, f_t, t, labels, *heads, backend=backend, check_labels=False)
+    return forward
+
+
+def floor_fn(feats, heads):
+    """The cheapest step of the same shape: a one-node graph on the features (f.sum()),
+    backward, the same gradient zeroing. The autograd engine's fixed cost, no objective.
+    (A graph reaching all five leaves needs several nodes and cost more than the fused op.)"""
+    f = feats[0]
+
+    def step():
+        f.sum().backward()
+        f.grad = None
+        for h in heads:
+            h.zero_grad(set_to_none=True)
+    return step
+
+
+def call_overhead(names, device, dtype, repeats, rounds, dim=512):
+    """Per-call cost at B=1 (see the module docstring): one row per backend."""
+    feats, labels, heads = make_problem(1, dim, device, dtype)
+    fns = {"autograd_floor": floor_fn(feats, heads)}
+    for b in names:
+        fns[f"{b}_fwd"] = forward_fn(b, feats, labels, heads)
+        fns[f"{b}_fwd_bwd"] = step_fn(b, feats, labels, heads)
+    times = interleaved_times(fns, device, repeats, rounds)
+    floor = times["autograd_floor"] * 1e6
+    return [{"backend": b, "B": 1, "D": dim, "fwd_us": times[f"{b}_fwd"] * 1e6,
+             "fwd_bwd_us": times[f"{b}_fwd_bwd"] * 1e6, "autograd_floor_us": floor,
+             "own_us": times[f"{b}_fwd_bwd"] * 1e6 - floor} for b in names]
+
+
+def count_launches(fn, device):
+    """GPU kernels one call of fn launches (torch.profiler), or None where it cannot count."""
+    if device.type != "cuda":
+        return None
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        fn()
+        synchronize(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            synchronize(device)
+        return sum(1 for e in prof.events() if e.device_type.name == "CUDA")
+    except Exception as exc:  # a profiler that cannot run here must not lose the timings
+        print(f"launch count unavailable: {exc}", flush=True)
+        return None
+
+
+def targets(rows, overhead, backends):
+    """The issue's targets, each with the value measured and whether it is met."""
+    def row(batch, dim):
+        return next((r for r in rows if r["B"] == batch and r["D"] == dim), None)
+
+    found = {}
+    r = row(256, 768)
+    if r and "cpp_speedup" in r:
+        found["cpp_speedup_B256_D768"] = {"value": r["cpp_speedup"], "target": ">= 5",
+                                          "met": r["cpp_speedup"] >= 5}
+    for o in overhead:
+        if o["backend"] != "reference":
+            found[f"{o['backend']}_fwd_us_B1"] = {"value": o["fwd_us"], "target": "< 40",
+                                                 "met": o["fwd_us"] < 40}
+    for b in backends:
+        if b not in ("cuda", "triton"):
+            continue
+        r = row(32, 768)
+        if r and f"{b}_speedup" in r:
+            found[f"{b}_speedup_B32_D768"] = {"value": r[f"{b}_speedup"], "target": ">= 10",
+                                             "met": r[f"{b}_speedup"] >= 10}
+        r = row(4096, 768)
+        if r and f"{b}_x_copy_floor" in r:
+            found[f"{b}_x_copy_floor_B4096_D768"] = {"value": r[f"{b}_x_copy_floor"],
+                                                    "target": "<= 2",
+                                                    "met": r[f"{b}_x_copy_floor"] <= 2}
+        r = row(32, 768)
+        if r and r.get(f"{b}_launches") is not None:
+            found[f"{b}_launches_fwd_bwd"] = {"value": r[f"{b}_launches"], "target": "<= 2",
+                                             "met": r[f"{b}_launches"] <= 2}
+    return found
+
+
 def copy_floor_fn(batch, dim, device, dtype):
     n = (5 * batch * dim + 1) // 2  # a copy reads n and writes n elements
     src = torch.empty(n, device=device, dtype=dtype)
@@ -119,24 +221,42 @@ def main(argv=None):
             if device.type == "cuda":
                 for name, fn in fns.items():
                     row[f"{name}_peak_MiB"] = peak_memory_bytes(fn, device) / 2 ** 20
+                for name in backends:
+                    row[f"{name}_x_copy_floor"] = times[name] / times["copy_floor"]
+                if (batch, dim) == (32, 768):
+                    for name in backends:
+                        row[f"{name}_launches"] = count_launches(fns[name], device)
             rows.append(row)
             print(f"B={batch} D={dim}: " + ", ".join(f"{k}={v * 1e6:.1f}us" for k, v in times.items()),
                   flush=True)
 
+    overhead = call_overhead(["reference", *backends], device, dtype, repeats * 20,
+                             1 if args.quick else 5)
     names = [n for n in rows[0] if n.endswith("_speedup")]
-    table = markdown_table(rows, ["B", "D", "reference_us", *names])
+    floors = [n for n in rows[0] if n.endswith("_x_copy_floor") or n.endswith("_launches")]
+    table = markdown_table(rows, ["B", "D", "reference_us", *names, *floors])
+    overhead_table = markdown_table(overhead, ["backend", "B", "D", "fwd_us", "fwd_bwd_us",
+                                               "autograd_floor_us", "own_us"])
+    goals = targets(rows, overhead, backends)
+    goal_lines = "\n".join(f"- {k}: {v['value']:.4g} (target {v['target']}: "
+                            f"{'met' if v['met'] else 'NOT met'})" for k, v in goals.items())
     dev = device_name(device)
     print(f"\nfused DGS objective, forward + backward, {args.dtype}, on {dev}: "
           f"reference time and speedup over it (x)\n")
     print(table)
+    print(f"\ncall overhead at B=1 (us; own = fwd_bwd - autograd floor)\n\n{overhead_table}")
+    print(f"\ntargets\n{goal_lines}")
     out_dir = results_dir(args, device)
     path = write_results(out_dir, "bench_surgery", rows,
                          {"device": dev, "dtype": args.dtype, "quick": args.quick,
                           "threads": torch.get_num_threads(), "backends": list(fns),
                           "definition": "time of dgs_objective + backward of total; "
-                                        "speedup = reference / backend"})
+                                        "speedup = reference / backend",
+                          "call_overhead": overhead, "targets": goals})
     with open(os.path.join(out_dir, "bench_surgery.md"), "w") as fh:
-        fh.write(f"fused DGS objective fwd+bwd, {args.dtype}, {dev}\n\n{table}\n")
+        fh.write(f"fused DGS objective fwd+bwd, {args.dtype}, {dev}\n\n{table}\n\n"
+                 f"call overhead at B=1 (us; own = fwd_bwd - autograd floor)\n\n"
+                 f"{overhead_table}\n\ntargets\n\n{goal_lines}\n")
     plot(rows, names, os.path.join(out_dir, "bench_surgery.png"), dev)
     print(f"\nwrote {path}")
 

@@ -150,7 +150,8 @@ def dgs_step(model, optimizer, images, labels, text, mode: str, *, encoder=None,
     on pre-made tensors: student and teacher forward (under bf16/fp16 autocast when `amp` is a
     dtype), dgs_objective, backward (LayerSurgery's for modes layer and both, u refreshed every
     step: the worst case), optimizer step. `encoder` is the student's forward (default
-    model.visual; a compiled one for --compile). Returns the step as a closure."""
+    model.visual; a compiled one for --compile). Returns the step as a closure, which returns
+    the step's total loss (detached, on the device)."""
     import contextlib
 
     import torch
@@ -180,6 +181,7 @@ def dgs_step(model, optimizer, images, labels, text, mode: str, *, encoder=None,
             layer.project_()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return out.total.detach()  # left on the device: reading it here would sync every step
     return step
 
 

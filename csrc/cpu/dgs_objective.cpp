@@ -2,28 +2,30 @@
 //
 // The head weights enter every row only through their signed parts
 // (P+ = relu(w_X), P- = relu(-w_X), Q- = min(w_T, 0), Q+ = max(w_T, 0)), since
-//   relu(c w_X) = |c| P_sign(c),   min(c w_T, 0) = c Q_-sign(c),
-// so they are split once per call and each row picks its parts by sign.
+//   relu(c w_X) = |c| P_sign(c),   min(c w_T, 0) = c Q_-sign(c).
+// The parts are formed in registers from w_X and w_T (relu(s w) with s = +-1,
+// exact), so no per-call copy of the weights is made.
 // Forward: rows are split into a fixed number of blocks (a function of B and
 // D only, so results do not depend on the thread count); each block walks its
-// rows: one pass per row gives its five dot products (three logits and the
-// alignment against Q- or Q+), then groups of kGroup rows add into the
-// block's head sums with one load/store of the sums per group, and write the
-// harmful rows. The block sums are then added in block order.
+// rows: a first pass per row gives the three logits, a second the alignment
+// dot product against Q- or Q+ (picked by the sign of c_T, known by then) and
+// writes the harmful row, both while the row is in L1; then groups of kGroup
+// rows add into the block's head sums with one load/store of the sums per
+// group. The block sums are then added in block order.
 // Backward: independent rows; the row's dot product with the harmful
 // direction is a combination of six per-call dot products of the weight
 // parts, so each row is one fused pass of three multiply-adds per element.
+// Scalars (biases, upstream gradients) are read through data pointers, not
+// item(): each item() is a dispatcher call, microseconds at B=1.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <vector>
 
 #include "../dgs_math.h"
 #include "../shape_checks.h"
@@ -36,7 +38,6 @@ using simd::kLanes;
 using simd::load;
 using simd::reduce;
 using simd::store;
-using simd::sum_lanes;
 using simd::Vec;
 
 template <typename T>
@@ -51,79 +52,79 @@ struct ForwardArgs {
   const T* wx;
   T bs, bt, bx;
   T norm_pos, norm_neg;  // ||P+||, ||P-||: ||relu(c w_X)|| = |c| times one of them
-  const T* p_pos;        // P+ = relu(w_X)
-  const T* p_neg;        // P- = relu(-w_X)
-  const T* q_neg;        // Q- = min(w_T, 0)
-  const T* q_pos;        // Q+ = max(w_T, 0)
   int64_t batch, dim;
   T eps;
   T* harmful;  // (B, D) contiguous
   T* coef;     // (B, 4)
 };
 
-// The signed parts of the head weights, D each: P+, P-, Q-, Q+ (see the top).
-template <typename T>
-std::vector<T> weight_parts(const T* wx, const T* wt, int64_t dim) {
-  std::vector<T> parts(4 * dim);
-  for (int64_t j = 0; j < dim; ++j) {
-    parts[j] = std::max(wx[j], T(0));
-    parts[dim + j] = std::max(-wx[j], T(0));
-    parts[2 * dim + j] = std::min(wt[j], T(0));
-    parts[3 * dim + j] = std::max(wt[j], T(0));
-  }
-  return parts;
-}
-
 constexpr int kGroup = 4;  // rows sharing one pass over the head sums
 
-// Per-block sums: [sum c_S f (D), sum c_S, sum c_X t (D), sum c_X, img, text, align, teacher].
+// Per-block sums: [sum c_S f (D), sum c_S, sum c_X t (D), sum c_X] (the layout of head_sums),
+// then the loss sums [img, text, align, teacher].
 inline int64_t partial_width(int64_t dim) { return 2 * (dim + 1) + 4; }
 
+// sum_f += sum_q cs[q] f_q and sum_t += sum_q cx[q] t_q over N rows (N fixed at
+// compile time so the row pointers stay in registers), rows added in order.
+template <int N, typename T>
+DGSNET_ALWAYS_INLINE void add_rows(T* sum_f, T* sum_t, const T* const* fr, const T* const* tr,
+                                   const T* cs, const T* cx, int64_t D) {
+  constexpr int L = kLanes<T>;
+  const int64_t Dv = D - D % L;
+  for (int64_t j = 0; j < Dv; j += L) {
+    Vec<T> sf = load(sum_f + j), st = load(sum_t + j);
+    for (int q = 0; q < N; ++q) {
+      sf += simd::splat(cs[q]) * load(fr[q] + j);
+      st += simd::splat(cx[q]) * load(tr[q] + j);
+    }
+    store(sum_f + j, sf);
+    store(sum_t + j, st);
+  }
+  for (int64_t j = Dv; j < D; ++j)
+    for (int q = 0; q < N; ++q) {
+      sum_f[j] += cs[q] * fr[q][j];
+      sum_t[j] += cx[q] * tr[q][j];
+    }
+}
+
 template <typename T>
-DGSNET_ALWAYS_INLINE void forward_rows(const ForwardArgs<T>& a, int64_t r0, int64_t r1, T* part) {
+DGSNET_ALWAYS_INLINE void forward_rows(const ForwardArgs<T>& a, int64_t r0, int64_t r1, T* sums,
+                                       T* losses) {
   constexpr int L = kLanes<T>;
   const int64_t D = a.dim;
   const int64_t Dv = D - D % L;
-  T* sum_f = part;
-  T* sum_t = part + D + 1;
-  T* losses = part + 2 * (D + 1);
+  T* sum_f = sums;
+  T* sum_t = sums + D + 1;
   const T batch = static_cast<T>(a.batch);
   const T* ws = a.ws;
   const T* wt = a.wt;
   const T* wx = a.wx;
-  const T* qn = a.q_neg;
-  const T* qp = a.q_pos;
+  T loss[4] = {losses[0], losses[1], losses[2], losses[3]};
+  T cs_sum = sum_f[D], cx_sum = sum_t[D];
   for (int64_t g0 = r0; g0 < r1; g0 += kGroup) {
     const int nr = static_cast<int>(std::min<int64_t>(kGroup, r1 - g0));
     const T* fr[kGroup];
     const T* tr[kGroup];
-    const T* prow[kGroup];
-    T cs[kGroup], cx[kGroup], sh[kGroup];
-    // Pass 1, per row: <f, w_S>, <f_T, w_T>, <t, w_X>, <f, Q->, <f, Q+>.
+    T cs[kGroup], cx[kGroup];
     for (int q = 0; q < nr; ++q) {
       const int64_t r = g0 + q;
-      fr[q] = a.f + r * a.ld_f;
-      tr[q] = a.t + r * a.ld_t;
-      const T* f = fr[q];
+      const T* f = a.f + r * a.ld_f;
       const T* ft = a.ft + r * a.ld_ft;
-      const T* t = tr[q];
-      Vec<T> s0{}, s1{}, s2{}, s3{}, s4{};
+      const T* t = a.t + r * a.ld_t;
+      fr[q] = f;
+      tr[q] = t;
+      // Pass 1: the logits <f, w_S>, <f_T, w_T>, <t, w_X>.
+      Vec<T> s0{}, s1{}, s2{};
       for (int64_t j = 0; j < Dv; j += L) {
-        const Vec<T> fv = load(f + j);
-        s0 += fv * load(ws + j);
+        s0 += load(f + j) * load(ws + j);
         s1 += load(ft + j) * load(wt + j);
         s2 += load(t + j) * load(wx + j);
-        s3 += fv * load(qn + j);
-        s4 += fv * load(qp + j);
       }
-      T zs = reduce<T>(s0), zt = reduce<T>(s1), zx = reduce<T>(s2), fneg = reduce<T>(s3),
-        fpos = reduce<T>(s4);
+      T zs = reduce<T>(s0), zt = reduce<T>(s1), zx = reduce<T>(s2);
       for (int64_t j = Dv; j < D; ++j) {
         zs += f[j] * ws[j];
         zt += ft[j] * wt[j];
         zx += t[j] * wx[j];
-        fneg += f[j] * qn[j];
-        fpos += f[j] * qp[j];
       }
       zs += a.bs;
       zt += a.bt;
@@ -136,40 +137,45 @@ DGSNET_ALWAYS_INLINE void forward_rows(const ForwardArgs<T>& a, int64_t r0, int6
       const T c_s = (sig_s - y) / batch, c_t = (sig_t - y) / batch, c_x = (sig_x - y) / batch;
       const bool pos = c_x > T(0);
       const T inv_norm = T(1) / (std::abs(c_x) * (pos ? a.norm_pos : a.norm_neg) + a.eps);
+      const T sh = std::abs(c_x) * inv_norm;  // harmful row = sh * (P+ or P-)
+      // Pass 2 (the row is in L1 now): <f, Q> with Q = Q- for c_T > 0, else Q+,
+      // as sq * <f, min(sq w_T, 0)> (sq = +-1); harmful row = sh relu(sp w_X).
+      const T sq = c_t > T(0) ? T(1) : T(-1), sp = pos ? T(1) : T(-1);
+      const Vec<T> vsq = simd::splat(sq), vsp = simd::splat(sp), vsh = simd::splat(sh);
+      T* h = a.harmful + r * D;
+      Vec<T> s3{};
+      for (int64_t j = 0; j < Dv; j += L) {
+        s3 += load(f + j) * simd::vmin0<T>(vsq * load(wt + j));
+        store(h + j, vsh * simd::vmax0<T>(vsp * load(wx + j)));
+      }
+      T fq = reduce<T>(s3);
+      for (int64_t j = Dv; j < D; ++j) {
+        fq += f[j] * std::min(sq * wt[j], T(0));
+        h[j] = sh * std::max(sp * wx[j], T(0));
+      }
       cs[q] = c_s;
       cx[q] = c_x;
-      sh[q] = std::abs(c_x) * inv_norm;  // harmful row = sh * (P+ or P-)
-      prow[q] = pos ? a.p_pos : a.p_neg;
       T* cr = a.coef + r * kCoefCount;
       cr[kCoefS] = c_s;
       cr[kCoefT] = c_t;
       cr[kCoefX] = c_x;
       cr[kCoefInvNorm] = inv_norm;
-      losses[0] += bce_s;
-      losses[1] += bce_x;
-      losses[2] += c_t * (c_t > T(0) ? fneg : fpos);  // <f, min(c_T w_T, 0)>
-      losses[3] += bce_t;
-      sum_f[D] += c_s;
-      sum_t[D] += c_x;
+      loss[0] += bce_s;
+      loss[1] += bce_x;
+      loss[2] += c_t * (sq * fq);  // <f, min(c_T w_T, 0)>
+      loss[3] += bce_t;
+      cs_sum += c_s;
+      cx_sum += c_x;
     }
-    // Pass 2, over the group: head sums (one load/store per group) and harmful rows.
-    for (int64_t j = 0; j < Dv; j += L) {
-      Vec<T> sf = load(sum_f + j), st = load(sum_t + j);
-      for (int q = 0; q < nr; ++q) {
-        sf += simd::splat(cs[q]) * load(fr[q] + j);
-        st += simd::splat(cx[q]) * load(tr[q] + j);
-        store(a.harmful + (g0 + q) * D + j, simd::splat(sh[q]) * load(prow[q] + j));
-      }
-      store(sum_f + j, sf);
-      store(sum_t + j, st);
-    }
-    for (int64_t j = Dv; j < D; ++j)
-      for (int q = 0; q < nr; ++q) {
-        sum_f[j] += cs[q] * fr[q][j];
-        sum_t[j] += cx[q] * tr[q][j];
-        a.harmful[(g0 + q) * D + j] = sh[q] * prow[q][j];
-      }
+    // Pass 3, over the group: the head sums, one load/store of them per group.
+    if (nr == kGroup)
+      add_rows<kGroup>(sum_f, sum_t, fr, tr, cs, cx, D);
+    else
+      for (int q = 0; q < nr; ++q) add_rows<1>(sum_f, sum_t, fr + q, tr + q, cs + q, cx + q, D);
   }
+  for (int k = 0; k < 4; ++k) losses[k] = loss[k];
+  sum_f[D] = cs_sum;
+  sum_t[D] = cx_sum;
 }
 
 // ||relu(w)|| and ||relu(-w)||, summed in double.
@@ -191,12 +197,12 @@ DGSNET_ALWAYS_INLINE void add_into(T* acc, const T* part, int64_t n) {
 }
 
 DGSNET_MULTIVERSION void forward_rows_f32(const ForwardArgs<float>& a, int64_t r0, int64_t r1,
-                                          float* part) {
-  forward_rows(a, r0, r1, part);
+                                          float* sums, float* losses) {
+  forward_rows(a, r0, r1, sums, losses);
 }
 DGSNET_MULTIVERSION void forward_rows_f64(const ForwardArgs<double>& a, int64_t r0, int64_t r1,
-                                          double* part) {
-  forward_rows(a, r0, r1, part);
+                                          double* sums, double* losses) {
+  forward_rows(a, r0, r1, sums, losses);
 }
 DGSNET_MULTIVERSION void add_into_f32(float* acc, const float* part, int64_t n) {
   add_into(acc, part, n);
@@ -204,11 +210,13 @@ DGSNET_MULTIVERSION void add_into_f32(float* acc, const float* part, int64_t n) 
 DGSNET_MULTIVERSION void add_into_f64(double* acc, const double* part, int64_t n) {
   add_into(acc, part, n);
 }
-inline void forward_rows_any(const ForwardArgs<float>& a, int64_t r0, int64_t r1, float* p) {
-  forward_rows_f32(a, r0, r1, p);
+inline void forward_rows_any(const ForwardArgs<float>& a, int64_t r0, int64_t r1, float* s,
+                             float* l) {
+  forward_rows_f32(a, r0, r1, s, l);
 }
-inline void forward_rows_any(const ForwardArgs<double>& a, int64_t r0, int64_t r1, double* p) {
-  forward_rows_f64(a, r0, r1, p);
+inline void forward_rows_any(const ForwardArgs<double>& a, int64_t r0, int64_t r1, double* s,
+                             double* l) {
+  forward_rows_f64(a, r0, r1, s, l);
 }
 inline void add_into_any(float* acc, const float* p, int64_t n) { add_into_f32(acc, p, n); }
 inline void add_into_any(double* acc, const double* p, int64_t n) { add_into_f64(acc, p, n); }
@@ -220,9 +228,10 @@ inline int64_t forward_block_rows(int64_t batch, int64_t dim) {
   return (batch + blocks - 1) / blocks;
 }
 
+// A one-element CPU tensor's value (its dtype was checked), 0 when absent.
 template <typename T>
 T scalar_or_zero(const std::optional<at::Tensor>& x) {
-  return x.has_value() && x->defined() ? x->item<T>() : T(0);
+  return x.has_value() && x->defined() ? *x->const_data_ptr<T>() : T(0);
 }
 
 using ForwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
@@ -253,29 +262,34 @@ ForwardOut dgs_forward_cpu(const at::Tensor& f_in, const at::Tensor& ft_in, cons
   for (auto& l : losses) l = at::empty({}, opts);
   AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "dgsnet_dgs_forward_cpu", [&] {
     using T = scalar_t;
-    ForwardArgs<T> a{f.data_ptr<T>(), ft.data_ptr<T>(), t.data_ptr<T>(), f.stride(0), ft.stride(0),
-                     t.stride(0), y.data_ptr<T>(), ws.data_ptr<T>(), wt.data_ptr<T>(),
-                     wx.data_ptr<T>(), scalar_or_zero<T>(b_s), scalar_or_zero<T>(b_t),
-                     scalar_or_zero<T>(b_x), 0, 0, nullptr, nullptr, nullptr, nullptr, batch, dim,
-                     static_cast<T>(eps), harmful.data_ptr<T>(), coef.data_ptr<T>()};
+    ForwardArgs<T> a{f.const_data_ptr<T>(), ft.const_data_ptr<T>(), t.const_data_ptr<T>(),
+                     f.stride(0), ft.stride(0), t.stride(0), y.const_data_ptr<T>(),
+                     ws.const_data_ptr<T>(), wt.const_data_ptr<T>(), wx.const_data_ptr<T>(),
+                     scalar_or_zero<T>(b_s), scalar_or_zero<T>(b_t), scalar_or_zero<T>(b_x), 0, 0,
+                     batch, dim, static_cast<T>(eps), harmful.data_ptr<T>(), coef.data_ptr<T>()};
     positive_part_norms(a.wx, dim, &a.norm_pos, &a.norm_neg);
-    const std::vector<T> parts = weight_parts(a.wx, a.wt, dim);
-    a.p_pos = parts.data();
-    a.p_neg = parts.data() + dim;
-    a.q_neg = parts.data() + 2 * dim;
-    a.q_pos = parts.data() + 3 * dim;
     const int64_t rows = forward_block_rows(batch, dim);
     const int64_t blocks = (batch + rows - 1) / rows;
     const int64_t width = partial_width(dim);
-    at::Tensor partial = at::zeros({blocks, width}, opts);
-    T* part = partial.data_ptr<T>();
-    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b)
-        forward_rows_any(a, b * rows, std::min(batch, (b + 1) * rows), part + b * width);
-    });
-    for (int64_t b = 1; b < blocks; ++b) add_into_any(part, part + b * width, width);
-    std::copy(part, part + 2 * (dim + 1), head_sums.data_ptr<T>());
-    const T* sums = part + 2 * (dim + 1);
+    T* hs = head_sums.data_ptr<T>();
+    T sums[4] = {};
+    if (blocks == 1) {  // small B * D: straight into head_sums, no partial buffer
+      std::fill(hs, hs + 2 * (dim + 1), T(0));
+      forward_rows_any(a, 0, batch, hs, sums);
+    } else {
+      at::Tensor partial = at::empty({blocks, width}, opts);
+      T* part = partial.data_ptr<T>();
+      at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          T* p = part + b * width;
+          std::fill(p, p + width, T(0));
+          forward_rows_any(a, b * rows, std::min(batch, (b + 1) * rows), p, p + 2 * (dim + 1));
+        }
+      });
+      for (int64_t b = 1; b < blocks; ++b) add_into_any(part, part + b * width, width);
+      std::copy(part, part + 2 * (dim + 1), hs);
+      std::copy(part + 2 * (dim + 1), part + width, sums);
+    }
     const T img = sums[0] / batch, text = sums[1] / batch, teacher = sums[3] / batch;
     const T align = with_align ? sums[2] / batch : T(0);
     *losses[0].data_ptr<T>() = with_align ? img + text + static_cast<T>(lam) * align : img + text;
@@ -291,10 +305,8 @@ template <typename T>
 struct BackwardArgs {
   const T* coef;
   const T* ws;
-  const T* p_pos;  // weight parts, as in the forward
-  const T* p_neg;
-  const T* q_neg;
-  const T* q_pos;
+  const T* wt;
+  const T* wx;
   T ws_p[2];       // <w_S, P+>, <w_S, P->
   T q_p[2][2];     // <Q-, P+>, <Q-, P->; <Q+, P+>, <Q+, P->
   int64_t dim;
@@ -315,6 +327,8 @@ DGSNET_ALWAYS_INLINE void backward_rows(const BackwardArgs<T>& a, int64_t r0, in
   const int64_t D = a.dim;
   const int64_t Dv = D - D % L;
   const T* ws = a.ws;
+  const T* wt = a.wt;
+  const T* wx = a.wx;
   // The alignment gradient joins the projected part (published) or is added after it (paper).
   const bool align_inside = !a.project || a.published;
   const T a_in = align_inside ? a.scale_a : T(0);
@@ -323,16 +337,19 @@ DGSNET_ALWAYS_INLINE void backward_rows(const BackwardArgs<T>& a, int64_t r0, in
     const T* cr = a.coef + r * kCoefCount;
     const T as = a.scale_s * cr[kCoefS], ct = cr[kCoefT], cx = cr[kCoefX], inv = cr[kCoefInvNorm];
     const int ip = cx > T(0) ? 0 : 1, iq = ct > T(0) ? 0 : 1;
-    const T* P = ip == 0 ? a.p_pos : a.p_neg;
-    const T* Q = iq == 0 ? a.q_neg : a.q_pos;
+    // P = relu(sp w_X), Q = sq min(sq w_T, 0) with sp, sq = +-1 (as in the forward).
+    const T sp = ip == 0 ? T(1) : T(-1), sq = iq == 0 ? T(1) : T(-1);
     const T s = std::abs(cx) * inv;
     const T dot = a.project ? s * (as * a.ws_p[ip] + a_in * ct * a.q_p[iq][ip]) : T(0);
-    const T kq = (a_in + a_out) * ct, kp = -dot * s;
+    const T kq = (a_in + a_out) * ct * sq, kp = -dot * s;
     T* o = a.out + r * D;
-    const Vec<T> vas = simd::splat(as), vkq = simd::splat(kq), vkp = simd::splat(kp);
+    const Vec<T> vas = simd::splat(as), vkq = simd::splat(kq), vkp = simd::splat(kp),
+                 vsp = simd::splat(sp), vsq = simd::splat(sq);
     for (int64_t j = 0; j < Dv; j += L)
-      store(o + j, vas * load(ws + j) + vkq * load(Q + j) + vkp * load(P + j));
-    for (int64_t j = Dv; j < D; ++j) o[j] = as * ws[j] + kq * Q[j] + kp * P[j];
+      store(o + j, vas * load(ws + j) + vkq * simd::vmin0<T>(vsq * load(wt + j)) +
+                       vkp * simd::vmax0<T>(vsp * load(wx + j)));
+    for (int64_t j = Dv; j < D; ++j)
+      o[j] = as * ws[j] + kq * std::min(sq * wt[j], T(0)) + kp * std::max(sp * wx[j], T(0));
   }
 }
 
@@ -369,22 +386,24 @@ std::tuple<at::Tensor, at::Tensor> dgs_backward_cpu(
             dx = scalar_or_zero<T>(d_text), da = scalar_or_zero<T>(d_align);
     const T scale_s = dt + di, scale_x = dt + dx;
     const T scale_a = with_align ? (static_cast<T>(lam) * dt + da) / static_cast<T>(batch) : T(0);
-    const std::vector<T> parts = weight_parts(wx.data_ptr<T>(), wt.data_ptr<T>(), dim);
-    const T* w = ws.data_ptr<T>();
-    const T* pp = parts.data();
-    const T* pn = pp + dim;
-    const T* qn = pp + 2 * dim;
-    const T* qp = pp + 3 * dim;
-    double d[6] = {};  // the six per-call dot products, in double
+    const T* w = ws.const_data_ptr<T>();
+    const T* w_t_p = wt.const_data_ptr<T>();
+    const T* w_x_p = wx.const_data_ptr<T>();
+    // The six per-call dot products <w_S | Q-, Q+ ; P+, P->, in double; P+ and P-
+    // (Q- and Q+) split one weight, so each element feeds one of each pair.
+    double d[6] = {};
     for (int64_t j = 0; j < dim; ++j) {
-      d[0] += static_cast<double>(w[j]) * pp[j];
-      d[1] += static_cast<double>(w[j]) * pn[j];
-      d[2] += static_cast<double>(qn[j]) * pp[j];
-      d[3] += static_cast<double>(qn[j]) * pn[j];
-      d[4] += static_cast<double>(qp[j]) * pp[j];
-      d[5] += static_cast<double>(qp[j]) * pn[j];
+      const double x = w_x_p[j], tw = w_t_p[j], sw = w[j];
+      const double p = x > 0 ? x : 0.0, n = x < 0 ? -x : 0.0;
+      const double qn = tw < 0 ? tw : 0.0, qp = tw > 0 ? tw : 0.0;
+      d[0] += sw * p;
+      d[1] += sw * n;
+      d[2] += qn * p;
+      d[3] += qn * n;
+      d[4] += qp * p;
+      d[5] += qp * n;
     }
-    BackwardArgs<T> a{coef.data_ptr<T>(), w, pp, pn, qn, qp,
+    BackwardArgs<T> a{coef.const_data_ptr<T>(), w, w_t_p, w_x_p,
                       {static_cast<T>(d[0]), static_cast<T>(d[1])},
                       {{static_cast<T>(d[2]), static_cast<T>(d[3])},
                        {static_cast<T>(d[4]), static_cast<T>(d[5])}},

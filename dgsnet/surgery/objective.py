@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from dgsnet.surgery import backends, reference
-from dgsnet.surgery.backends import fused
+from dgsnet.surgery.backends import fused, registry
 from dgsnet.surgery.reference import MODES, VARIANTS
 
 __all__ = ["MODES", "VARIANTS", "DGSLoss", "dgs_objective"]
@@ -42,11 +42,53 @@ class DGSLoss:
         return dict(zip(names, values))
 
 
+_MISSING = object()
+
+
 def _head_params(head: nn.Module, name: str, dim: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     if not isinstance(head, nn.Linear) or head.out_features != 1 or head.in_features != dim:
         raise ValueError(f"{name} must be nn.Linear({dim}, 1) to match features of width {dim}, "
                          f"got {head!r}")
+    if type(head) is nn.Linear:
+        # Module attribute access (__getattr__) costs ~1 us a name; a plain Linear
+        # keeps both in _parameters (functional_call and FSDP2 swap them there too).
+        params = head._parameters
+        weight, bias = params.get("weight"), params.get("bias", _MISSING)
+        if weight is not None and bias is not _MISSING:
+            return weight, bias
     return head.weight, head.bias
+
+
+def _inputs_ok(student, teacher, text, labels) -> bool:
+    """The cheap test that every check of _validate passes (label values aside): a few
+    attribute reads per call; _validate runs only when it fails, to say what is wrong."""
+    shape = student.shape
+    if len(shape) != 2 or shape[0] == 0 or teacher.shape != shape or text.shape != shape:
+        return False
+    if labels.shape != shape[:1] or labels.is_complex():
+        return False
+    if not (student.is_floating_point() and teacher.is_floating_point() and text.is_floating_point()):
+        return False
+    if student.is_cpu:  # is_cpu is an attribute read; .device builds an object
+        return teacher.is_cpu and text.is_cpu and labels.is_cpu
+    device = student.device
+    return teacher.device == device and text.device == device and labels.device == device
+
+
+# (backend argument, device, registry generation) -> (concrete backend, its dgs_forward or
+# None for the reference): resolving costs microseconds per call, and the answer for a pair
+# changes only when a backend registers kernels (registry.generation).
+_DISPATCH: dict = {}
+
+
+def _dispatch(backend: str, device: torch.device):
+    key = (backend, device, registry.generation)
+    found = _DISPATCH.get(key)
+    if found is None:
+        resolved = backends.resolve_backend(backend, device)
+        forward = None if resolved == "reference" else backends.op(resolved, "dgs_objective").forward
+        found = _DISPATCH[key] = (resolved, forward)
+    return found
 
 
 def _validate(student, teacher, text, labels, check_labels: bool) -> None:
@@ -121,18 +163,18 @@ def dgs_objective(
         raise ValueError(f"variant={variant!r}: choose one of {', '.join(VARIANTS)}")
     if not lam >= 0:
         raise ValueError(f"lam must be a number >= 0, got {lam}")
-    _validate(student_feats, teacher_feats, text_feats, labels, check_labels)
+    if check_labels or not _inputs_ok(student_feats, teacher_feats, text_feats, labels):
+        _validate(student_feats, teacher_feats, text_feats, labels, check_labels)
     dim = student_feats.shape[1]
     heads = (_head_params(student_head, "student_head", dim),
              _head_params(teacher_head, "teacher_head", dim),
              _head_params(text_head, "text_head", dim))
-    backend = backends.resolve_backend(backend, student_feats.device)
+    backend, forward = _dispatch(backend, student_feats.device)
 
-    if backend == "reference":
+    if forward is None:
         terms = reference.objective(student_feats, teacher_feats, text_feats, labels, heads, lam, eps,
                                     mode, variant)
     else:
-        terms = fused.objective(backends.op(backend, "dgs_objective").forward, student_feats,
-                                teacher_feats, text_feats, labels, heads, lam, eps, mode, variant,
-                                backend)
+        terms = fused.objective(forward, student_feats, teacher_feats, text_feats, labels, heads,
+                                lam, eps, mode, variant, backend)
     return DGSLoss(*terms)

@@ -15,6 +15,7 @@ Modules:
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -29,6 +30,25 @@ __all__ = ["BACKENDS", "Op", "available_backends", "lookup", "op", "register", "
            "triton_usable"]
 
 
+@functools.lru_cache(maxsize=None)
+def _interpreter_problem() -> str:
+    """'' when Triton's interpreter runs here, else why not. triton 3.6 (torch 2.11's) turns a
+    scalar kernel argument used as a loop bound into an int with int() of a 1-element array,
+    which numpy >= 2.4 refuses (triton-lang/triton#9171, fixed in later triton); a probe kernel
+    finds out, rather than a version list."""
+    from dgsnet.surgery.backends.triton_probe import loop_to
+    import numpy as np
+    import triton
+
+    x = torch.zeros(1)
+    try:
+        loop_to[(1,)](x, 3)
+    except Exception as exc:  # triton's InterpreterError wraps the TypeError
+        return (f"triton {triton.__version__}'s interpreter cannot run with numpy {np.__version__} "
+                f"({type(exc).__name__}: {exc}); on CPU tensors use numpy<2.4 or a newer triton")
+    return "" if x.item() == 3.0 else "triton's interpreter computed a wrong probe result"
+
+
 def triton_usable(device) -> tuple[bool, str]:
     """(usable, why not): Triton runs on a GPU, or on CPU tensors through its interpreter."""
     device = torch.device(device)
@@ -40,7 +60,8 @@ def triton_usable(device) -> tuple[bool, str]:
     if device.type == "cuda":
         return True, ""
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
-        return True, ""
+        problem = _interpreter_problem()
+        return not problem, problem
     return False, (f"Triton kernels run on a GPU; on {device.type} tensors they need its interpreter "
                    "(TRITON_INTERPRET=1 in the environment before triton is imported; slow, for tests)")
 

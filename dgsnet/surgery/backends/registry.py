@@ -26,10 +26,16 @@ class Op(NamedTuple):
 
 _TABLE: dict[tuple[str, str], Op] = {}
 
+# Bumped by every register(): callers that cache a lookup (dgs_objective's per-call
+# dispatch) key the cache on it, so a replaced kernel is never called from a stale entry.
+generation = 0
+
 
 def register(backend: str, op: str, forward: Callable, backward: Callable | None = None) -> None:
     """Makes `forward` (and `backward`) the kernels of `op` on `backend`; a second call replaces them."""
+    global generation
     _TABLE[(backend, op)] = Op(forward, backward)
+    generation += 1
 
 
 def lookup(backend: str, op: str) -> Op:

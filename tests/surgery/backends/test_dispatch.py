@@ -1,4 +1,7 @@
 """Which backend runs a call (dgsnet.surgery.backends) and the registry behind it."""
+import importlib.util
+import os
+
 import pytest
 import torch
 
@@ -53,3 +56,14 @@ def test_register_and_lookup(monkeypatch):
     assert registry.registered() == [("mine", "double")]
     with pytest.raises(LookupError, match="no kernels of op 'triple' .* backend 'mine' .*it has: double"):
         registry.lookup("mine", "triple")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_the_triton_interpreter_probe_passes_on_the_locked_stack():
+    # the locked triton and numpy run the interpreter; an incompatible pair (triton 3.6 with
+    # numpy >= 2.4) would make triton_usable("cpu") refuse with the reason instead of failing later
+    from dgsnet.surgery.backends import _interpreter_problem, triton_usable
+
+    assert os.environ.get("TRITON_INTERPRET") == "1"  # tests/conftest.py sets it before triton loads
+    assert _interpreter_problem() == ""
+    assert triton_usable("cpu") == (True, "")
