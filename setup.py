@@ -10,14 +10,18 @@ The optional extension dgsnet._C (csrc/; the cpp and cuda surgery backends):
 Without dgsnet._C the reference and Triton backends still run. Build it with
 `pip install --no-build-isolation -e .` so it is compiled against the torch already in the
 environment (scripts/venv.sh does). MAX_JOBS and TORCH_CUDA_ARCH_LIST are honoured as usual by
-torch.utils.cpp_extension.
+torch.utils.cpp_extension; a CUDA build with no TORCH_CUDA_ARCH_LIST and no visible GPU (where
+torch's own detection fails) builds for DEFAULT_ARCH_LIST and says so.
 """
 import glob
 import os
+import sys
 
 from setuptools import find_packages, setup
 
 MODES = ("auto", "cpu", "cuda", "none")
+# sm_90 code (H100/H200) plus PTX that newer GPUs compile when loading the extension.
+DEFAULT_ARCH_LIST = "9.0+PTX"
 
 
 def _mode():
@@ -52,6 +56,17 @@ def _want_cuda(mode, torch, cpp_extension):
     return has_toolkit and (explicit or torch.cuda.is_available())
 
 
+def _default_arch_list(torch):
+    """Sets TORCH_CUDA_ARCH_LIST to DEFAULT_ARCH_LIST when it is unset and no GPU is visible:
+    torch would otherwise read the list from the GPUs and fail (IndexError) with none."""
+    if os.environ.get("TORCH_CUDA_ARCH_LIST") or torch.cuda.device_count() > 0:
+        return
+    os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
+    print(f"dgsnet setup.py: no visible GPU and TORCH_CUDA_ARCH_LIST unset: building dgsnet._C for "
+          f"TORCH_CUDA_ARCH_LIST={DEFAULT_ARCH_LIST} (set TORCH_CUDA_ARCH_LIST to choose, e.g. "
+          f"\"8.0;9.0\")", file=sys.stderr)
+
+
 def _pip_cuda_includes():
     """Headers of the pip CUDA wheels torch depends on (cuBLAS, cuSPARSE, ...),
     which a system toolkit may lack."""
@@ -84,6 +99,7 @@ def _extension_args():
     # -Wno-psabi: csrc/cpu/simd.h passes 512-bit vectors between always-inlined helpers.
     cxx = ["-O3", "-Wno-psabi"]  # torch.utils.cpp_extension adds the C++ standard torch needs (C++20)
     if _want_cuda(mode, torch, cpp_extension):
+        _default_arch_list(torch)
         cu = sorted(glob.glob("csrc/cuda/*.cu"))
         ext = cpp_extension.CUDAExtension(
             "dgsnet._C", cpp + cu,
@@ -101,8 +117,8 @@ setup(
     # Kept here, not in pyproject.toml: export/ ships renamed as dgsnet_export, which package
     # discovery alone cannot express. exporter/ needs torch; runtime/ imports without it.
     packages=find_packages(include=["dgsnet", "dgsnet.*"]) + ["dgsnet_export", "dgsnet_export.exporter",
-                                                               "dgsnet_export.runtime"],
+                                                               "dgsnet_export.runtime", "dgsnet_export.serve"],
     package_dir={"dgsnet_export": "export"},
-    package_data={"dgsnet": ["model_configs/*.json"]},
+    package_data={"dgsnet": ["model_configs/*.json"], "dgsnet_export.serve": ["page.html"]},
     **_extension_args(),
 )

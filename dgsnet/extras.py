@@ -18,6 +18,9 @@ PROVIDERS = {
     "matplotlib": ("matplotlib", "plots"),
     "skimage": ("scikit-image", "dev"),
     "scipy": ("SciPy", "dev"),
+    "starlette": ("Starlette", "serve"),
+    "uvicorn": ("uvicorn", "serve"),
+    "python_multipart": ("python-multipart", "serve"),
 }
 
 

@@ -3,6 +3,7 @@ safetensors and torch files that fail with one error naming the file. Torch is i
 the torch reader."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -104,3 +105,12 @@ def read_torch_state_dict(path: str, expected: str) -> dict:
     if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+def sha256_file(path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 4 MiB blocks (weights files run to gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()

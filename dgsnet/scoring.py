@@ -98,6 +98,17 @@ def _load_and_preprocess(path: Path, preprocess: Callable[[np.ndarray], np.ndarr
         return None, f"{path}: {exc}"
 
 
+def stack_samples(samples: list) -> np.ndarray:
+    """One batch for logits_fn: the samples stacked, or, where their shapes differ (raw images for an
+    end-to-end ONNX detector, which selects patches itself), a 1-D object array holding each one."""
+    if len({np.shape(s) for s in samples}) <= 1:
+        return np.stack(samples)
+    ragged = np.empty(len(samples), dtype=object)  # filled one by one: numpy would try to broadcast them
+    for i, sample in enumerate(samples):
+        ragged[i] = sample
+    return ragged
+
+
 def iter_predictions(paths: Iterable, logits_fn: Callable[[np.ndarray], np.ndarray],
                      preprocess: Callable[[np.ndarray], np.ndarray], *, labels=("real", "generated"),
                      threshold: float = 0.5, batch_size: int = 16, workers: int | None = None,
@@ -131,7 +142,7 @@ def iter_predictions(paths: Iterable, logits_fn: Callable[[np.ndarray], np.ndarr
             good = [i for i, (sample, _) in enumerate(loaded) if sample is not None]
             logits = np.zeros(0)
             if good:
-                logits = np.asarray(logits_fn(np.stack([loaded[i][0] for i in good])), dtype=np.float64)
+                logits = np.asarray(logits_fn(stack_samples([loaded[i][0] for i in good])), dtype=np.float64)
                 logits = logits.reshape(-1)
                 if logits.shape[0] != len(good):
                     raise RuntimeError(f"the detector returned {logits.shape[0]} logits for {len(good)} images")

@@ -91,7 +91,8 @@ def test_extras_keep_torch_and_the_onnxruntime_flavours_apart():
 
 def test_building_never_downloads_torch_and_the_scripts_are_declared():
     assert not {canonicalize_name(Requirement(r).name) for r in PROJECT["build-system"]["requires"]} & TORCH_STACK
-    assert PROJECT["project"]["scripts"] == {"dgsnet": "dgsnet.cli:main", "dgsnet-predict": "dgsnet_export.cli:main"}
+    assert PROJECT["project"]["scripts"] == {"dgsnet": "dgsnet.cli:main", "dgsnet-predict": "dgsnet_export.cli:main",
+                                             "dgsnet-serve": "dgsnet_export.serve.cli:main"}
     assert PROJECT["project"]["dynamic"] == ["version"]
 
 
@@ -181,6 +182,12 @@ def test_a_command_without_its_extra_stops_with_one_line_naming_it(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr == ("dgsnet-predict needs onnxruntime: pip install 'dgsnet[runtime]' "
                            "(or [gpu] instead of [runtime] on a GPU host)\n")
+    # dgsnet serve: the web stack ([serve]) and an engine, torch never
+    for module in ("dgsnet.cli", "dgsnet_export.serve.cli"):
+        args = ("serve",) if module == "dgsnet.cli" else ()
+        proc = _without(("starlette", "torch"), module, *args, str(tmp_path / "m.onnx"))
+        prog = "dgsnet serve" if args else "dgsnet-serve"
+        assert (proc.returncode, proc.stderr) == (2, f"{prog} needs Starlette: pip install 'dgsnet[serve]'\n")
 
 
 # Runs setup.py with setuptools.setup replaced by a recorder of its arguments (nothing is built);

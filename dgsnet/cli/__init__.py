@@ -4,6 +4,7 @@
     train.py     dgsnet train-teacher, dgsnet train
     evaluate.py  dgsnet eval
     deploy.py    dgsnet export, dgsnet predict
+    serve.py     dgsnet serve (the server lives in dgsnet_export.serve)
     demo.py      dgsnet demo
     convert.py   dgsnet convert-official
     common.py    flags several commands share
@@ -36,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(sub)
     add_convert_parser(sub)
     add_export_commands(sub)
+    from dgsnet.cli.serve import add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 
@@ -57,7 +61,8 @@ def _train_note(args) -> str:
 
 _INTERRUPT_NOTES = {"train-teacher": _train_note, "train": _train_note, "demo": _demo_note,
                     "eval": _outputs_note, "export": _outputs_note, "predict": _outputs_note,
-                    "convert-official": _outputs_note}
+                    "convert-official": _outputs_note,
+                    "serve": lambda args: "stopped; the requests in flight were answered first"}
 
 # What each command imports beyond the core install (dgsnet.extras names the extra to install).
 _TORCH = ("torch", "open_clip", "safetensors")
@@ -72,7 +77,8 @@ def _eval_needs(args) -> tuple:
 
 
 _NEEDS = {"check": _TORCH, "train-teacher": _TORCH, "train": _TORCH, "eval": _eval_needs, "predict": _TORCH,
-          "convert-official": _TORCH, "export": _TORCH + _ONNX, "demo": _TORCH + _ONNX + ("skimage", "scipy")}
+          "convert-official": _TORCH, "export": _TORCH + _ONNX, "demo": _TORCH + _ONNX + ("skimage", "scipy"),
+          "serve": ("starlette", "uvicorn", "python_multipart", "onnxruntime")}  # torch-free
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ raise ValueError / RuntimeError / FileNotFoundError, which dgsnet.cli turns
 into one line on stderr (exit status 2).
 
   dgsnet export --ckpt RUN_DIR --out detector.onnx [--opset 17] [--fp16]
-                [--with-preprocessing] [--tensorrt]
+                [--with-preprocessing] [--tensorrt] [--end-to-end [--batched]] [--triton-repo DIR]
   dgsnet predict --ckpt RUN_DIR images/ [more files or folders] [--out preds.jsonl|preds.csv]
 """
 from __future__ import annotations
@@ -81,6 +81,20 @@ def _check_out_folder(out: Path) -> None:
                          "folder for --out") from None
 
 
+def _check_end_to_end_flags(args, end_to_end: bool) -> None:
+    if end_to_end and args.with_preprocessing:
+        raise ValueError("--end-to-end (or --triton-repo) and --with-preprocessing: the end-to-end graph "
+                         "already normalises and selects patches itself; give one of them")
+    if end_to_end and args.tensorrt:
+        raise ValueError("--tensorrt writes a trtexec profile for one input size, but an --end-to-end graph "
+                         "takes images of any size: use --triton-repo (TensorRT through ONNX Runtime) or "
+                         "export without --end-to-end for --tensorrt")
+    if (args.batched or args.triton_name or args.triton_max_batch != 16) and not end_to_end:
+        raise ValueError("--batched, --triton-name and --triton-max-batch apply to --end-to-end / --triton-repo")
+    if args.triton_repo is not None and not args.batched and args.triton_max_batch != 16:
+        raise ValueError("--triton-max-batch needs --batched: the one-image model has max_batch_size 0")
+
+
 def cmd_export(args) -> int:
     from dgsnet.fileio import atomic_write
     from dgsnet_export.exporter import (build_tensorrt_engine, check_opset, check_profile, export_checkpoint,
@@ -95,9 +109,16 @@ def cmd_export(args) -> int:
     _check_out_folder(out)
     check_opset(args.opset, args.exporter)
     check_profile(args.min_batch, args.opt_batch, args.max_batch)
-    report = export_checkpoint(args.ckpt, out, head=args.head, threshold=args.threshold,
-                               pretrained=args.pretrained, opset=args.opset, fp16=args.fp16,
-                               with_preprocessing=args.with_preprocessing, exporter=args.exporter, atol=args.atol)
+    end_to_end = args.end_to_end or args.triton_repo is not None  # a Triton model takes raw images
+    _check_end_to_end_flags(args, end_to_end)
+    common = dict(head=args.head, threshold=args.threshold, pretrained=args.pretrained, opset=args.opset,
+                  fp16=args.fp16, exporter=args.exporter, atol=args.atol)
+    if end_to_end:
+        from dgsnet_export.exporter.end_to_end import export_end_to_end_checkpoint
+
+        report = export_end_to_end_checkpoint(args.ckpt, out, batched=args.batched, **common)
+    else:
+        report = export_checkpoint(args.ckpt, out, with_preprocessing=args.with_preprocessing, **common)
     record = {**report.to_dict(), "checkpoint": args.ckpt}
     for note in report.warnings:
         print(f"dgsnet export: note: {note}", file=sys.stderr)
@@ -121,6 +142,13 @@ def cmd_export(args) -> int:
             record["tensorrt"]["engine"] = None
             print("TensorRT is not importable here: the engine was not built; run the command above on a "
                   "machine with TensorRT (or let `dgsnet-predict --provider tensorrt` build it)", file=sys.stderr)
+    if args.triton_repo is not None:
+        from dgsnet_export.exporter.triton_repo import write_triton_repo
+
+        folder = write_triton_repo(out, args.triton_repo, name=args.triton_name,
+                                   max_batch_size=args.triton_max_batch)
+        record["triton_repo"] = str(folder)
+        print(f"Triton model repository: {folder} (config.pbtxt, 1/model.onnx)")
     sidecar = out.with_suffix(".export.json")
     atomic_write(str(sidecar), json.dumps(record, indent=2, default=str))
     print(f"export record: {sidecar}")
@@ -143,6 +171,18 @@ def add_export_parser(sub) -> None:
     p.add_argument("--with-preprocessing", action="store_true",
                    help="normalisation inside the graph: it takes uint8 224x224 tiles (patch selection stays "
                         "with the caller, see the metadata)")
+    p.add_argument("--end-to-end", action="store_true",
+                   help="one self-contained graph: a raw RGB uint8 image (H, W, 3) of any size in, patch "
+                        "selection and normalisation inside; outputs logits, probabilities, patch_indices, "
+                        "patch_grid. Verified against the numpy preprocessing on an image corpus")
+    p.add_argument("--batched", action="store_true",
+                   help="with --end-to-end: take (N, H, W, 3) images of one shared size instead of one image")
+    p.add_argument("--triton-repo", metavar="DIR", default=None,
+                   help="also write an NVIDIA Triton model repository DIR/NAME/{config.pbtxt,1/model.onnx} "
+                        "for the end-to-end graph (implies --end-to-end)")
+    p.add_argument("--triton-name", default=None, help="the Triton model name (default: --out's stem)")
+    p.add_argument("--triton-max-batch", type=_positive, default=16,
+                   help="max_batch_size of the --batched Triton model, with dynamic batching (default 16)")
     p.add_argument("--tensorrt", action="store_true",
                    help="also write the trtexec command (min/opt/max batch profile, fp16) and build the "
                         "engine when TensorRT is importable")

@@ -17,12 +17,11 @@ Nothing here runs code from the file: it is read with torch.load(weights_only=Tr
 """
 from __future__ import annotations
 
-import hashlib
 import os
 
 import torch
 
-from dgsnet.fileio import read_torch_state_dict
+from dgsnet.fileio import read_torch_state_dict, sha256_file
 
 STUDENT = "clip_model."
 FROZEN = "clip_model_frozen.clip_model_frozen."
@@ -38,12 +37,7 @@ STAGE1_LAYOUT = ("the published stage-1 layout (model_epoch_step1.pth): clip_mod
                  "CLIP) and img_frozen_fc.*")
 
 
-def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256_of = sha256_file  # the converters' name for it
 
 
 def read_checkpoint(path: str) -> dict[str, torch.Tensor]:

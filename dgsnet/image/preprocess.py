@@ -243,7 +243,15 @@ def _exact_entropies(prepared: np.ndarray, indices: np.ndarray) -> np.ndarray:
 
 
 def _select_prepared(prepared: np.ndarray) -> np.ndarray:
-    """Rank by the fast entropies; re-score exactly only where that could change the selection.
+    """The 49 kept raster indices of a prepared image, sorted (see `_select_low_high`)."""
+    low, high = _select_low_high(prepared)
+    return np.sort(np.concatenate([low, high]))
+
+
+def _select_low_high(prepared: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the 24 lowest-, the 25 highest-entropy raster indices), each sorted.
+
+    Rank by the fast entropies; re-score exactly only where that could change the selection.
 
     Each fast value e_i is within tol of the exact one, so two patches can swap
     ranks only if their fast values are within 2 tol. With a, b the 24th and
@@ -259,7 +267,7 @@ def _select_prepared(prepared: np.ndarray) -> np.ndarray:
     lo_a, lo_b = fast[order[N_LOW - 1]], fast[order[N_LOW]]
     hi_c, hi_d = fast[order[n - N_HIGH]], fast[order[n - N_HIGH - 1]]
     if lo_b - lo_a > 2 * tol and hi_c - hi_d > 2 * tol:  # the common case: no boundary in doubt
-        return np.sort(np.concatenate([order[:N_LOW], order[n - N_HIGH:]]))
+        return np.sort(order[:N_LOW]), np.sort(order[n - N_HIGH:])
     low_certain = np.flatnonzero(fast < lo_b - tol)
     low_maybe = np.flatnonzero((fast >= lo_b - tol) & (fast <= lo_a + tol))
     high_certain = np.flatnonzero(fast > hi_d + tol)
@@ -268,7 +276,36 @@ def _select_prepared(prepared: np.ndarray) -> np.ndarray:
     exact = dict(zip(maybe.tolist(), _exact_entropies(prepared, maybe).tolist()))
     low = _refined(low_maybe, low_certain, N_LOW, exact, lowest=True)
     high = _refined(high_maybe, high_certain, N_HIGH, exact, lowest=False)
-    return np.sort(np.concatenate([low, high]))
+    return np.sort(low), np.sort(high)
+
+
+@dataclass(frozen=True)
+class PatchSelection:
+    """Where the 49 patches `select_patches` keeps come from, for showing them (dgsnet serve's page).
+
+    `low` / `high`: the raster indices of the 24 lowest- and 25 highest-entropy patches (sorted) in
+    the prepared image, `rows` x `cols` patches of 32 px (after mirror padding and cropping);
+    `padded`: the image was mirror-padded first. The raster-order tile holds `kept()` row by row.
+    """
+
+    low: tuple[int, ...]
+    high: tuple[int, ...]
+    rows: int
+    cols: int
+    padded: bool
+
+    def kept(self) -> list[int]:
+        return sorted(self.low + self.high)
+
+
+def patch_selection(image: Any) -> PatchSelection:
+    """The indices `select_patches(image)` tiles, split into its low- and high-entropy halves."""
+    rgb = as_rgb_array(image)
+    prepared = prepare_image(rgb)
+    low, high = _select_low_high(prepared)
+    padded = prepared.shape[0] > rgb.shape[0] or prepared.shape[1] > rgb.shape[1]
+    return PatchSelection(low=tuple(int(i) for i in low), high=tuple(int(i) for i in high),
+                          rows=prepared.shape[0] // PATCH, cols=prepared.shape[1] // PATCH, padded=padded)
 
 
 def tile_patches(patches: np.ndarray) -> np.ndarray:

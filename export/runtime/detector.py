@@ -31,6 +31,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 LOGITS = "logits"  # the graph output the runtime reads: one logit per image
+END_TO_END_OUTPUTS = ("patch_indices", "patch_grid")  # what an end-to-end graph adds
 PROBE_BATCH = 3  # the test batch run at load: neither 1 nor the exporter's traced 2, so a baked-in batch shows
 ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(float16)": "float16",
              "tensor(double)": "float64"}
@@ -63,6 +64,8 @@ def check_graph(session, info: ModelInfo, path) -> int | None:
 
     from dgsnet.image.preprocess import TILE
 
+    if info.end_to_end:
+        return _check_end_to_end(session, info, path, contradiction)
     if PATCH_SELECTION in info.caller_steps and info.input_size != TILE:
         raise MetadataError(f"{path}: metadata input_size {info.input_size} contradicts its own "
                             f"{PATCH_SELECTION} step, which makes {TILE}x{TILE} tiles; {REEXPORT}")
@@ -129,6 +132,28 @@ def check_graph(session, info: ModelInfo, path) -> int | None:
     return batch
 
 
+def _check_end_to_end(session, info: ModelInfo, path, contradiction) -> None:
+    """check_graph for a graph that selects patches itself: raw uint8 image(s) of any size, one logit
+    each, the 49 patch indices and the patch grid. Such a graph always takes any batch (None)."""
+    (graph_input, *more) = session.get_inputs()
+    if more or graph_input.name != info.input_name:
+        raise contradiction(f"the metadata names the input {info.input_name!r}, but the graph's inputs are "
+                            f"{[i.name for i in session.get_inputs()]}")
+    if _type_name(graph_input.type) != "uint8":
+        raise contradiction(f"the end-to-end input {graph_input.name!r} is {_type_name(graph_input.type)}, not "
+                            "uint8 pixels")
+    dims = _dims(graph_input)
+    rank = 4 if info.batched_images else 3
+    if dims is not None and (len(dims) != rank or dims[-1] not in (None, 3)):
+        raise contradiction(f"the metadata says input {graph_input.name!r} is {info.input_layout} RGB, but the "
+                            f"graph's is {_shape_text(dims)}")
+    outputs = [o.name for o in session.get_outputs()]
+    missing = [name for name in (LOGITS, *END_TO_END_OUTPUTS) if name not in outputs]
+    if missing:
+        raise contradiction(f"the end-to-end graph lacks outputs {missing} (its outputs are {outputs})")
+    return None
+
+
 def logit_rows(out: np.ndarray, batch: int, path) -> np.ndarray:
     """The (batch,) logits of one run's output, (batch,) or (batch, 1); ModelLoadError for anything else."""
     if out.ndim == 2 and out.shape[1] == 1:
@@ -176,10 +201,15 @@ class OnnxDetector:
             cpu = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
             self.info = ModelInfo.from_props(cpu.get_modelmeta().custom_metadata_map, source=str(self.path))
             self.batch_limit = check_graph(cpu, self.info, self.path)
-            size = self.info.input_size
+            size = self.info.input_size  # an end-to-end graph takes any size: probed with a tile-sized one
             self.sample_shape = (3, size, size) if self.info.input_layout == "NCHW" else (size, size, 3)
             providers = []
             for p in chain:
+                if self.info.end_to_end and p == "TensorrtExecutionProvider":
+                    # its profile covers one image shape; an image of any size needs a profile per size
+                    self.notes.append("TensorRT skipped for an end-to-end graph (images of any size): "
+                                      "build an engine with a shape profile, e.g. for Triton, instead")
+                    continue
                 opts = provider_options(p, input_name=self.info.input_name, sample_shape=self.sample_shape,
                                         max_batch=max_batch, fp16=trt_fp16, cache_dir=trt_cache_dir)
                 if self.batch_limit is not None:  # a fixed batch: no 1..max_batch profile to build
@@ -207,7 +237,10 @@ class OnnxDetector:
         is refused before any image is decoded (not an IndexError or a shape error midway)."""
         zeros = np.zeros((batch, *self.sample_shape), np.uint8 if self.info.input_dtype == "uint8" else np.float32)
         try:
-            (out,) = self.session.run([LOGITS], {self.info.input_name: zeros})
+            if self.info.end_to_end:  # flat images: every patch ties, still 49 chosen
+                out = self._run_end_to_end(zeros)[0]
+            else:
+                (out,) = self.session.run([LOGITS], {self.info.input_name: zeros})
         except Exception as exc:  # noqa: BLE001 - onnxruntime's errors, stated as a bad file
             raise ModelLoadError(f"{self.path}: onnxruntime fails on a test batch of {batch} "
                                  f"{_shape_text(zeros.shape)} ({type(exc).__name__}: {_first_line(exc)}); "
@@ -220,7 +253,14 @@ class OnnxDetector:
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """(B, ...) graph inputs -> (B,) float64 logits; a fixed-batch graph gets them in groups of
-        its size, the last group padded with copies of its last image (their scores dropped)."""
+        its size, the last group padded with copies of its last image (their scores dropped). An
+        end-to-end graph takes raw images: (B, H, W, 3), or an object array of images of any sizes
+        (dgsnet.scoring.stack_samples); the one-image graph runs them one by one."""
+        if self.info.end_to_end:  # raw images: stacked when of one size, else an object array of them
+            if batch.dtype != object and self.info.batched_images:
+                return self._run_end_to_end(np.ascontiguousarray(batch, dtype=np.uint8))[0]
+            return np.concatenate([self._run_end_to_end(np.ascontiguousarray(image, dtype=np.uint8))[0]
+                                   for image in batch]) if len(batch) else np.zeros(0)
         dtype = np.uint8 if self.info.input_dtype == "uint8" else np.float32
         batch = np.ascontiguousarray(batch, dtype=dtype)
         size = self.batch_limit
@@ -234,6 +274,66 @@ class OnnxDetector:
                 group = np.concatenate([group, np.repeat(group[-1:], size - real, axis=0)])
             parts.append(self._run(group)[:real])
         return np.concatenate(parts) if parts else np.zeros(0)
+
+    def score_images(self, images: list, names: list | None = None) -> list[dict]:
+        """Decoded HxWx3 uint8 images (dgsnet.image.decode.load_rgb) -> one dict per image, in order:
+        {"logit": float, "patches": dgsnet.image.preprocess.PatchSelection, or None where the caller
+        selects no patches} or {"error": text} for an image the preprocessing refuses; the rest of the
+        batch is scored. The public way to score pixels (`dgsnet serve` batches requests through it).
+        `names` (file names) seed a shuffled patch layout (patch_order="shuffle")."""
+        from dgsnet.image.preprocess import gather_patches, patch_selection, prepare_image, tile_patches
+
+        if self.info.end_to_end:  # the graph selects: its own indices, one image at a time (any sizes)
+            return [self._score_end_to_end(image) for image in images]
+        names = list(names) if names is not None else [None] * len(images)
+        rows: list = []
+        for image, name in zip(images, names):
+            try:
+                if self.preprocess.patch_selection and self.preprocess.patch_order == "raster":
+                    # the tile select_patches makes, built from the indices it returns (one selection)
+                    chosen = patch_selection(image)
+                    tile = tile_patches(gather_patches(prepare_image(image), np.array(chosen.kept())))
+                    rows.append((self.preprocess.normalize(tile), chosen))
+                else:
+                    sample = self.preprocess(image, path=name)
+                    rows.append((sample, patch_selection(image) if self.preprocess.patch_selection else None))
+            except ValueError as exc:
+                rows.append(str(exc))
+        good = [row for row in rows if not isinstance(row, str)]
+        logits = iter(self.logits(np.stack([s for s, _ in good])).tolist() if good else [])
+        return [{"error": row} if isinstance(row, str) else {"logit": next(logits), "patches": row[1]}
+                for row in rows]
+
+    def _score_end_to_end(self, image) -> dict:
+        """score_images' row for one image through an end-to-end graph: the logit and the graph's own
+        patch selection (patch_indices: 24 low then 25 high; patch_grid: rows, cols)."""
+        from dgsnet.image.preprocess import N_LOW, PATCH, PatchSelection
+
+        try:
+            image = self.preprocess(image)
+        except ValueError as exc:
+            return {"error": str(exc)}
+        logits, indices, grid = self._run_end_to_end(image)
+        rows, cols = (int(v) for v in grid.reshape(-1)[:2])  # (2,), or (1, 2) from the batched graph
+        low, high = indices[0, :N_LOW].tolist(), indices[0, N_LOW:].tolist()
+        padded = rows * PATCH > image.shape[0] or cols * PATCH > image.shape[1]
+        return {"logit": float(logits[0]),
+                "patches": PatchSelection(low=tuple(low), high=tuple(high), rows=rows, cols=cols, padded=padded)}
+
+    def _run_end_to_end(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """An end-to-end graph's (logits, patch_indices (n, 49), patch_grid) for one (H, W, 3) image or
+        (N, H, W, 3) images of one size (the batched graph; the one-image graph takes them in turn)."""
+        single = images.ndim == 3
+        if self.info.batched_images and single:
+            images = images[None]
+        if not self.info.batched_images and not single:
+            parts = [self._run_end_to_end(image) for image in images]
+            return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                    np.stack([p[2] for p in parts]))
+        logits, indices, grid = self.session.run([LOGITS, *END_TO_END_OUTPUTS], {self.info.input_name: images})
+        count = 1 if single else len(images)
+        return (logit_rows(np.asarray(logits), count, self.path).astype(np.float64),
+                np.asarray(indices).reshape(count, -1), np.asarray(grid))
 
     def predict_paths(self, inputs: Iterable, *, batch_size: int = 16, threshold: float | None = None,
                       workers: int | None = None, progress=None, pixel_budget=None) -> Iterator[dict]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 FORMAT = "dgsnet-detector/1"
 PATCH_SELECTION, NORMALIZE = "dgs-patch-selection", "normalize"  # preprocessing step names
 KNOWN_CALLER_STEPS = (PATCH_SELECTION, NORMALIZE)
-KNOWN_GRAPH_STEPS = (NORMALIZE,)
+KNOWN_GRAPH_STEPS = (PATCH_SELECTION, NORMALIZE)  # both: an end-to-end file (`dgsnet export --end-to-end`)
 REEXPORT = "re-export the detector with `dgsnet export`"  # the fix every contradiction names
 
 
@@ -27,7 +27,7 @@ class ModelInfo:
     dgsnet_version: str
     input_name: str
     input_dtype: str  # "float32" (normalised NCHW) or "uint8" (NHWC tiles, normalised in the graph)
-    input_layout: str
+    input_layout: str  # NCHW / NHWC tiles; HWC (one raw image) or NHWC raw images when end-to-end
     input_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -40,6 +40,16 @@ class ModelInfo:
     precision: str
     opset: int
     extra: dict  # every other key, as stored
+
+    @property
+    def end_to_end(self) -> bool:
+        """Patch selection runs in the graph: it takes raw images (any size) and gives patch_indices."""
+        return PATCH_SELECTION in self.graph_steps
+
+    @property
+    def batched_images(self) -> bool:
+        """An end-to-end graph taking (N, H, W, 3) images of one size, rather than one (H, W, 3) image."""
+        return self.end_to_end and self.input_layout == "NHWC"
 
     @classmethod
     def from_props(cls, props: dict[str, str], source: str = "model") -> "ModelInfo":
@@ -84,7 +94,14 @@ class ModelInfo:
                   [s for s in in_graph if s not in KNOWN_GRAPH_STEPS]
         if unknown:
             raise MetadataError(f"{source}: preprocessing steps {unknown} are unknown to this runtime; upgrade dgsnet")
-        if (input_dtype, layout) not in (("float32", "NCHW"), ("uint8", "NHWC")):
+        end_to_end = PATCH_SELECTION in in_graph
+        if end_to_end and (caller or NORMALIZE not in in_graph or input_dtype != "uint8"
+                           or layout not in ("HWC", "NHWC")):
+            raise MetadataError(f"{source}: patch selection in the graph needs normalisation there too, nothing "
+                                f"left to the caller and a uint8 HWC or NHWC image input; the metadata says "
+                                f"caller {list(caller)}, graph {list(in_graph)}, input {input_dtype} {layout}; "
+                                f"{REEXPORT}")
+        if not end_to_end and (input_dtype, layout) not in (("float32", "NCHW"), ("uint8", "NHWC")):
             raise MetadataError(f"{source}: graph input {input_dtype} {layout} is not one this runtime feeds; "
                                 f"{REEXPORT}")
         # float32 NCHW inputs are normalised by the caller, uint8 NHWC tiles by the graph: exactly once

@@ -43,6 +43,21 @@ def test_preprocess_imageio_metrics_report_are_torch_free():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+SERVE_MODULES = sorted(f"dgsnet_export.serve.{p.stem}" for p in (ROOT / "export" / "serve").glob("*.py")
+                       if p.stem != "__init__")
+
+
+def test_every_serve_module_imports_with_torch_blocked():
+    """export/serve/ (`dgsnet serve`, dgsnet-serve) and dgsnet's `serve` subcommand: a server host needs no
+    torch (tests/export/serve/ also runs the real server with torch blocked)."""
+    assert {"dgsnet_export.serve.app", "dgsnet_export.serve.batcher", "dgsnet_export.serve.cli"} <= set(SERVE_MODULES)
+    modules = ["dgsnet_export.serve", *SERVE_MODULES, "dgsnet.cli.serve"]
+    result = subprocess.run([sys.executable, "-c", BLOCKED_IMPORTS, str(ROOT / "export"), *modules],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_every_runtime_module_imports_with_torch_blocked():
     """export/runtime/ (dgsnet_export.runtime), the package and its `dgsnet-predict` entry point, where torch
     cannot be imported at all."""

@@ -1,0 +1,160 @@
+"""`dgsnet serve MODEL.onnx` and `dgsnet-serve MODEL.onnx`: the HTTP service of an exported detector.
+
+    dgsnet-serve detector.onnx --host 127.0.0.1 --port 8000 --max-batch 16 --max-wait-ms 5
+
+The model is loaded and checked before the port opens (a bad file is one line and exit status 2);
+warming up runs once it is open (GET /readyz answers 503 until then). SIGTERM / Ctrl-C stop taking
+new connections, let the requests in flight finish (up to --graceful-timeout s), then exit.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dgsnet_export.runtime.cli import Command, add_layout_arguments, layout_options, positive_int, run_command
+
+#: Modules the command imports (dgsnet.extras names the pip extra of each).
+NEEDS = ("starlette", "uvicorn", "python_multipart", "onnxruntime")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
+    return value
+
+
+def _wait_ms(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a wait in milliseconds between 0 and 10000")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="the exported detector (.onnx), from `dgsnet export`")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this "
+                        "machine only; 0.0.0.0 for every interface)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    parser.add_argument("--max-batch", type=positive_int, default=16, metavar="N",
+                        help="images scored together at most (default 16)")
+    parser.add_argument("--max-wait-ms", type=_wait_ms, default=5.0, metavar="MS",
+                        help="how long the first image of a batch waits for others (default 5)")
+    parser.add_argument("--max-queue", type=positive_int, default=64, metavar="N",
+                        help="images waiting to be scored at most; a request that does not fit gets 503 with "
+                             "Retry-After (default 64)")
+    parser.add_argument("--max-request-mb", type=_positive_float, default=32.0, metavar="MB",
+                        help="largest request body in MiB (default 32); larger gets 413")
+    parser.add_argument("--max-images", type=positive_int, default=32, metavar="N",
+                        help="images in one request at most (default 32); more gets 413")
+    parser.add_argument("--max-pixels", type=_positive_float, default=100.0, metavar="MP",
+                        help="largest image in megapixels, read from its header before decoding (default 100, "
+                             "the decompression-bomb limit); a larger one fails its own entry with 413")
+    parser.add_argument("--provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"],
+                        help="execution provider; auto = TensorRT, else CUDA, else CPU")
+    parser.add_argument("--threads", type=positive_int, help="onnxruntime intra-op threads (default: all cores)")
+    parser.add_argument("--graceful-timeout", type=positive_int, default=30, metavar="S",
+                        help="on SIGTERM / Ctrl-C, seconds the requests in flight get to finish (default 30)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="JSON logs on stderr at this level (default info: one access line per request)")
+    add_layout_arguments(parser)
+
+
+_BLAS_SETTERS = ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
+                 "scipy_openblas_set_num_threads_")
+
+
+def one_blas_thread() -> bool:
+    """numpy's OpenBLAS down to one thread: the scoring thread's patch selection multiplies small matrices,
+    and a pool as wide as the machine beside onnxruntime's own oversubscribes the cores (5x fewer
+    requests/s measured on 2 busy cores). Only the library itself can change its width once loaded
+    (dgsnet.data.dataset.set_blas_threads does the same for DataLoader workers, with torch)."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as fh:
+            libs = sorted({line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line})
+    except OSError:  # not Linux
+        return False
+    for path in libs:
+        setter = next((getattr(ctypes.CDLL(path), n) for n in _BLAS_SETTERS if hasattr(ctypes.CDLL(path), n)), None)
+        if setter is not None:
+            setter(1)
+            return True
+    return False
+
+
+def limits_of(args):
+    from .limits import MB, Limits
+
+    return Limits(max_request_bytes=int(args.max_request_mb * MB), max_images=args.max_images,
+                  max_pixels=int(args.max_pixels * 1_000_000), max_queue=args.max_queue)
+
+
+def serve(args, prog: str) -> int:
+    """Loads the model, then runs uvicorn until a stop signal; returns the exit status."""
+    from dgsnet.extras import missing_extra
+
+    absent = missing_extra(prog, NEEDS)
+    if absent:
+        print(absent, file=sys.stderr)
+        return 2
+    if not 0 <= args.port <= 65535:
+        print(f"{prog}: --port {args.port}: choose a TCP port between 1 and 65535", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from dgsnet_export.runtime import MetadataError, ModelLoadError, OnnxDetector
+
+    from .app import Service, create_app
+    from .logs import log_config
+
+    try:
+        detector = OnnxDetector(args.model, provider=args.provider, threads=args.threads,
+                                max_batch=args.max_batch, **layout_options(args))
+    except (ModelLoadError, MetadataError) as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    for note in detector.notes:
+        print(f"{prog}: {note}", file=sys.stderr)
+    one_blas_thread()
+    service = Service(detector, limits=limits_of(args), max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    config = uvicorn.Config(create_app(service), host=args.host, port=args.port, log_config=log_config(args.log_level),
+                            access_log=False, timeout_graceful_shutdown=args.graceful_timeout, lifespan="on",
+                            server_header=False)
+    server = uvicorn.Server(config)
+    server.run()
+    # uvicorn returns after a graceful stop, or when it could not start (a port in use: logged above)
+    return 0 if server.started else 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dgsnet-serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    command = Command("dgsnet-serve", expected=(ValueError, RuntimeError))
+
+    def work() -> int:
+        args = build_parser().parse_args(argv)
+        command.debug = args.debug
+        command.on_interrupt = lambda: "stopped; the requests in flight were answered first"
+        return serve(args, "dgsnet-serve")
+
+    return run_command(command, work)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
