@@ -12,6 +12,7 @@ import torch
 from torch._utils import ExceptionWrapper
 from torch.utils.data import Dataset, get_worker_info
 
+from dgsnet.blas import set_blas_threads
 from dgsnet.image.decode import (DEFAULT_MAX_PIXELS, ImageLoadError, PixelBudget, decoded, jpeg_for_device,
                                  resolve_pixel_budget, worker_share)
 from dgsnet.image.preprocess import (N_SELECT, NORMS, PUBLISHED_PATCH_SEED, check_patch_order, layout_rng, normalize,
@@ -155,13 +156,14 @@ class FolderDataset(Dataset):
                 rng = self._layout_rng(index)
                 if self.augment is not None:
                     self.augment.draw_before_selection(rng)  # nothing to apply (checked), but in step
-                order = rng.permutation(N_SELECT) if rng is not None else np.arange(N_SELECT)
-                flip = bool(rng.random() < self.augment.flip_prob) if self.augment is not None else False
-                return data, order, flip, orientation
+                return (data, *self._layout(rng, self.augment is not None), orientation)
         with self._pixels(index) as (rgb, rng, train):
-            order = rng.permutation(N_SELECT) if rng is not None else np.arange(N_SELECT)
-            flip = bool(rng.random() < self.augment.flip_prob) if train else False
-            return np.ascontiguousarray(rgb), order, flip, 1
+            return (np.ascontiguousarray(rgb), *self._layout(rng, train), 1)
+
+    def _layout(self, rng, train: bool) -> tuple[np.ndarray, bool]:
+        """(permutation, flip) drawn as `tile` draws them: select_patches' permutation, then the flip."""
+        order = rng.permutation(N_SELECT) if rng is not None else np.arange(N_SELECT)
+        return order, bool(rng.random() < self.augment.flip_prob) if train else False
 
     def _layout_rng(self, index: int):
         """The generator `_pixels` hands out for item `index` (before any augmentation draws)."""
@@ -213,41 +215,14 @@ class FolderDataset(Dataset):
         return len(self.labels) - fake, fake
 
 
-_BLAS_THREAD_SETTERS = ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
-                        "openblas_set_num_threads64_", "scipy_openblas_set_num_threads_")
-
-
 def worker_init(worker_id: int) -> None:
     """DataLoader worker_init_fn: one thread per worker, for torch and for numpy's BLAS.
 
     torch already runs its workers with one intra-op thread, but numpy's OpenBLAS (patch selection
     multiplies matrices) keeps a pool as wide as the machine in each forked worker: with the main
-    process's threads that oversubscribes the cores, and idle BLAS threads spin. Its width is only
-    settable through the library itself (the environment variable is read once, at import)."""
+    process's threads that oversubscribes the cores (dgsnet.blas)."""
     torch.set_num_threads(1)
     set_blas_threads(1)
-
-
-def set_blas_threads(n: int) -> int | None:
-    """Sets the OpenBLAS pool of this process to `n` threads; the previous width, or None where
-    numpy's BLAS is not an OpenBLAS loaded in this process (nothing to do)."""
-    import ctypes
-
-    try:
-        with open("/proc/self/maps") as fh:
-            libs = sorted({line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line})
-    except OSError:  # not Linux: leave the pool as it is
-        return None
-    for path in libs:
-        lib = ctypes.CDLL(path)
-        for name in _BLAS_THREAD_SETTERS:
-            setter = getattr(lib, name, None)
-            getter = getattr(lib, name.replace("set_", "get_"), None)
-            if setter is not None and getter is not None:
-                before = getter()
-                setter(int(n))
-                return before
-    return None
 
 
 def collate(samples: list) -> tuple | None:
@@ -258,14 +233,9 @@ def collate(samples: list) -> tuple | None:
     DataLoader re-raises it in the main process, as the original one-line error; outside a worker
     it is raised here.
     """
-    failed = _deferred_error(samples)
-    if failed is not None:
-        if get_worker_info() is None:
-            failed.reraise()
-        return failed
-    samples = [s for s in samples if s is not None]
-    if not samples:
-        return None
+    samples = _readable(samples)
+    if not isinstance(samples, list) or not samples:
+        return samples or None  # the deferred error, or None when every image was unreadable
     images, labels, captions, paths = zip(*samples)
     return torch.stack(images), torch.as_tensor(labels, dtype=torch.float32), list(captions), list(paths)
 
@@ -281,20 +251,26 @@ class Unselected(NamedTuple):
 
 def collate_unselected(samples: list) -> tuple | None:
     """`collate` for items of a deferred-selection dataset: (Unselected, labels, captions, paths)."""
-    failed = _deferred_error(samples)
-    if failed is not None:
-        if get_worker_info() is None:
-            failed.reraise()
-        return failed
-    samples = [s for s in samples if s is not None]
-    if not samples:
-        return None
+    samples = _readable(samples)
+    if not isinstance(samples, list) or not samples:
+        return samples or None
     pixels, labels, captions, paths, orders, flips, orientations = zip(*samples)
     # one size: one stacked tensor (one copy to the device, the batched selection's fast path)
     same = all(p.dim() == 3 and p.shape == pixels[0].shape for p in pixels)
     unselected = Unselected(torch.stack(pixels) if same else list(pixels), torch.stack(orders),
                             torch.tensor(flips, dtype=torch.bool), torch.tensor(orientations, dtype=torch.int64))
     return unselected, torch.as_tensor(labels, dtype=torch.float32), list(captions), list(paths)
+
+
+def _readable(samples: list):
+    """The samples that are not None, or the deferred error that becomes the whole batch (raised
+    here when not in a DataLoader worker)."""
+    failed = _deferred_error(samples)
+    if failed is not None:
+        if get_worker_info() is None:
+            failed.reraise()
+        return failed
+    return [s for s in samples if s is not None]
 
 
 def _deferred_error(samples: list):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dgsnet.blas import set_blas_threads
 from dgsnet_export.runtime.cli import Command, add_layout_arguments, layout_options, positive_int, run_command
 
 #: Modules the command imports (dgsnet.extras names the pip extra of each).
@@ -66,30 +67,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_layout_arguments(parser)
 
 
-_BLAS_SETTERS = ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
-                 "scipy_openblas_set_num_threads_")
-
-
-def one_blas_thread() -> bool:
-    """numpy's OpenBLAS down to one thread: the scoring thread's patch selection multiplies small matrices,
-    and a pool as wide as the machine beside onnxruntime's own oversubscribes the cores (5x fewer
-    requests/s measured on 2 busy cores). Only the library itself can change its width once loaded
-    (dgsnet.data.dataset.set_blas_threads does the same for DataLoader workers, with torch)."""
-    import ctypes
-
-    try:
-        with open("/proc/self/maps") as fh:
-            libs = sorted({line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line})
-    except OSError:  # not Linux
-        return False
-    for path in libs:
-        setter = next((getattr(ctypes.CDLL(path), n) for n in _BLAS_SETTERS if hasattr(ctypes.CDLL(path), n)), None)
-        if setter is not None:
-            setter(1)
-            return True
-    return False
-
-
 def limits_of(args):
     from .limits import MB, Limits
 
@@ -125,7 +102,9 @@ def serve(args, prog: str) -> int:
         return 2
     for note in detector.notes:
         print(f"{prog}: {note}", file=sys.stderr)
-    one_blas_thread()
+    # the scoring thread's patch selection beside onnxruntime's own threads (5x fewer requests/s
+    # measured on 2 busy cores with a full pool)
+    set_blas_threads(1)
     service = Service(detector, limits=limits_of(args), max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
     config = uvicorn.Config(create_app(service), host=args.host, port=args.port, log_config=log_config(args.log_level),
                             access_log=False, timeout_graceful_shutdown=args.graceful_timeout, lifespan="on",

@@ -201,14 +201,15 @@ class ThreadWidths(torch.utils.data.Dataset):
         return 2
 
     def __getitem__(self, i):
-        from dgsnet.data.dataset import set_blas_threads
+        from dgsnet.blas import set_blas_threads
 
         blas = set_blas_threads(1)  # the width the worker had (setting 1 again changes nothing here)
         return torch.get_num_threads(), -1 if blas is None else blas
 
 
 def test_workers_run_one_torch_and_one_blas_thread():
-    from dgsnet.data.dataset import set_blas_threads, worker_init
+    from dgsnet.blas import set_blas_threads
+    from dgsnet.data.dataset import worker_init
 
     main_blas = set_blas_threads(os.cpu_count())  # the main process keeps (or gets back) a full pool
     if main_blas is None:
