@@ -29,10 +29,11 @@ __all__ = ["EvalResult", "SubsetScores", "check_report_dir", "evaluate_checkpoin
 def score_dataset(detector: torch.nn.Module, dataset, device: torch.device, batch_size: int = 64,
                   workers: int = 0, desc: str = "") -> SubsetScores:
     """Probabilities of `generated` for every readable image of `dataset`, batched, with a progress bar."""
-    from dgsnet.data.dataset import collate
+    from dgsnet.data.dataset import collate, worker_init
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=collate, pin_memory=device.type == "cuda")
+                        collate_fn=collate, pin_memory=device.type == "cuda",
+                        worker_init_fn=worker_init if workers > 0 else None)
     logits_seen, labels, paths = [], [], []
     for batch in progress.iterate(loader, f"eval {desc}".strip(), total=len(dataset), step=batch_size, leave=False):
         if batch is None:  # every image of the batch was unreadable

@@ -5,6 +5,9 @@ import contextlib
 import copy
 import logging
 import os
+import signal
+import sys
+import threading
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -216,13 +219,42 @@ class FolderDataset(Dataset):
 
 
 def worker_init(worker_id: int) -> None:
-    """DataLoader worker_init_fn: one thread per worker, for torch and for numpy's BLAS.
+    """DataLoader worker_init_fn: one thread per worker, for torch and for numpy's BLAS; stop signals
+    left to the main process.
 
     torch already runs its workers with one intra-op thread, but numpy's OpenBLAS (patch selection
     multiplies matrices) keeps a pool as wide as the machine in each forked worker: with the main
-    process's threads that oversubscribes the cores (dgsnet.blas)."""
+    process's threads that oversubscribes the cores (dgsnet.blas).
+
+    Ctrl-C and SLURM's SIGTERM reach the whole process group. The main process saves what it has and
+    shuts the workers down itself, so a worker ignores them; and when the main process stops in the
+    middle of receiving a batch, the worker's multiprocessing thread that hands over the tensor's
+    file descriptor finds the connection closed: that is a consequence of the stop, not an error to
+    print under the command's one-line message."""
     torch.set_num_threads(1)
     set_blas_threads(1)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    # multiprocessing's fd-sharing thread reports through sys.excepthook, other threads through
+    # threading.excepthook
+    sys.excepthook, threading.excepthook = _quiet_sys_hook, _quiet_thread_hook
+
+
+_HUNG_UP = (BrokenPipeError, ConnectionResetError, ConnectionRefusedError, EOFError)
+_sys_excepthook, _thread_excepthook = sys.excepthook, threading.excepthook
+
+
+def _quiet_sys_hook(exc_type, exc, tb) -> None:
+    """sys.excepthook in a DataLoader worker: an error from a peer that hung up says nothing."""
+    if not issubclass(exc_type, _HUNG_UP):
+        _sys_excepthook(exc_type, exc, tb)
+
+
+def _quiet_thread_hook(args) -> None:
+    """threading.excepthook in a DataLoader worker: the same for threads' uncaught errors."""
+    if not issubclass(args.exc_type, _HUNG_UP):
+        _thread_excepthook(args)
 
 
 def collate(samples: list) -> tuple | None:

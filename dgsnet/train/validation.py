@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from dgsnet.data.dataset import collate
+from dgsnet.data.dataset import collate, worker_init
 from dgsnet.metrics import subset_metrics
 from dgsnet.models import checkpoint as ckpt
 
@@ -107,7 +107,8 @@ class Validation:
         model, device = trainer.model, trainer.device
         loader = DataLoader(self.dataset, batch_size=self.cfg.batch_size, shuffle=False,
                             num_workers=self.cfg.workers, collate_fn=getattr(self.dataset, "collate", collate),
-                            pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
+                            pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0),
+                            worker_init_fn=worker_init if self.cfg.workers > 0 else None)
         was_training = model.training
         model.eval()
         logits, labels = [], []
