@@ -4,7 +4,11 @@ Scores every image of a test root with each run directory twice (dgsnet predict'
 order, then --patch-order shuffle) and reports, per run: mean and max |probability change|, the
 fraction of images whose label flips, and accuracy / AP per layout.
 
-  python scripts/patch_order_effect.py --data runs/demo/data/test runs/demo/teacher runs/demo/dgs-*
+  python scripts/patch_order_effect.py --data runs/demo/data/test \
+      --pretrained runs/demo/prior/prior.safetensors runs/demo/seed-0/teacher runs/demo/seed-0/dgs-*
+
+(--pretrained confirms a backbone weights file the runs name outside their folders: the demo's prior.)
+The committed results were measured on the demo before it had a prior (random-initialised CLIP).
 """
 from __future__ import annotations
 
@@ -16,18 +20,18 @@ import sys
 import numpy as np
 
 
-def _scores(run_dir: str, data: str, order: str) -> dict[str, float]:
+def _scores(run_dir: str, data: str, order: str, pretrained: str | None) -> dict[str, float]:
     from dgsnet.predict import TorchPredictor
 
-    predictor = TorchPredictor(run_dir, device="cpu", patch_order=order)
+    predictor = TorchPredictor(run_dir, device="cpu", patch_order=order, pretrained=pretrained)
     return {r["path"]: r["probability"] for r in predictor.predict_paths([data], batch_size=32)
             if "probability" in r}
 
 
-def effect(run_dir: str, data: str) -> dict:
+def effect(run_dir: str, data: str, pretrained: str | None = None) -> dict:
     from dgsnet.metrics import subset_metrics
 
-    raster, shuffled = _scores(run_dir, data, "raster"), _scores(run_dir, data, "shuffle")
+    raster, shuffled = (_scores(run_dir, data, order, pretrained) for order in ("raster", "shuffle"))
     paths = sorted(raster)
     labels = np.array([int(f"{os.sep}1_fake{os.sep}" in p) for p in paths])
     p_r, p_s = np.array([raster[p] for p in paths]), np.array([shuffled[p] for p in paths])
@@ -43,8 +47,10 @@ def main(argv=None) -> int:
     p.add_argument("runs", nargs="+", help="finished run directories")
     p.add_argument("--data", required=True, help="a folder of {0_real,1_fake} images (searched recursively)")
     p.add_argument("--out", help="also write the rows here as JSON")
+    p.add_argument("--pretrained", help="the backbone weights file the runs were trained from, when it is outside "
+                   "their folders (the demo's prior/prior.safetensors)")
     args = p.parse_args(argv)
-    rows = [effect(run, args.data) for run in args.runs]
+    rows = [effect(run, args.data, args.pretrained) for run in args.runs]
     print("| run | images | mean abs dprob | max abs dprob | label flips | acc raster | acc shuffle | AP raster | AP shuffle |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:

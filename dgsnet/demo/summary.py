@@ -127,7 +127,7 @@ def plot(summary: dict, path: str, title: str) -> str:
     plt = _pyplot()
     keys = [*summary["families"], UNSEEN]
     methods = summary["methods"]
-    fig, ax = plt.subplots(figsize=(max(8.0, 1.6 * len(keys)), 4.2))
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.6 * len(keys)), 5.0))
     width = 0.8 / len(methods)
     for i, method in enumerate(methods):
         xs = [k + (i - (len(methods) - 1) / 2) * width for k in range(len(keys))]
@@ -139,7 +139,7 @@ def plot(summary: dict, path: str, title: str) -> str:
     ax.set_ylim(0, 100)
     ax.set_ylabel(f"{summary['metric']} (%), mean ± sd over {len(summary['seeds'])} seeds")
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=3, loc="lower left")
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     fig.tight_layout()
     _save_figure(fig, path)
     plt.close(fig)
