@@ -158,7 +158,8 @@ def train_prior(cfg: PriorConfig, log=print) -> tuple[dict, dict]:
     # loss collapse to log(batch) (all similarities equal) in the first steps
     model.logit_scale.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # AdamW (decoupled weight decay), spelt as Adam's flag: the oldest supported torch has both
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, decoupled_weight_decay=True)
     loss_fn = ClipLoss()
     batches = _distinct_caption_batches(captions, cfg.batch_size, np.random.default_rng([0x9411, cfg.seed]))
     losses = []
