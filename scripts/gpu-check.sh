@@ -52,6 +52,7 @@
 #     would start with under 10 s left is skipped and reported so). Triton kernels compile
 #     once per shape with DGSNET_TRITON_PINNED=1 (one config, no autotuning), set for every step.
 #   Test-only: DGSNET_GPU_CHECK_FAIL=step[,step] makes those steps fail (tests/test_gpu_check.py).
+#   Test-only: DGSNET_GPU_CHECK_HOLD=step[,step] makes those steps run until stopped (same tests).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PY=${PYTHON:-python3}

@@ -448,12 +448,21 @@ def plan(args, out: str, site: str, py: str) -> list[Step]:
     return steps
 
 
-def run_step(step: Step, env: dict, cwd: str, out: str, limit: float, fail: set[str]) -> None:
+# Test-only (DGSNET_GPU_CHECK_HOLD): a step that never ends by itself, with a child process of its own, so a
+# test can interrupt a running step at a known moment, however loaded the machine is.
+HOLD = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', "
+        "sys.argv[1]]); print('holding (DGSNET_GPU_CHECK_HOLD)', flush=True); time.sleep(600)")
+
+
+def run_step(step: Step, env: dict, cwd: str, out: str, limit: float, fail: set[str],
+             hold: set[str] = frozenset()) -> None:
     """Runs one step under timeout(1), its output in OUT/logs/<step>.log; sets its status and note."""
     log_path = os.path.join(out, "logs", f"{step.name}.log")
     command = step.command
     if step.name in fail:  # test-only (DGSNET_GPU_CHECK_FAIL): a step that fails the way a real one does
         command = [sys.executable, "-c", "import sys; print('injected failure (DGSNET_GPU_CHECK_FAIL)'); sys.exit(3)"]
+    elif step.name in hold:
+        command = [sys.executable, "-c", HOLD, out]
     secs = max(1, int(limit))
     started = time.time()
     with open(log_path, "w") as log:
@@ -753,6 +762,7 @@ def main(argv=None) -> int:
     if args.dry_run_cpu:
         env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU path even on a GPU host
     fail = {s for s in os.environ.get("DGSNET_GPU_CHECK_FAIL", "").split(",") if s}
+    hold = {s for s in os.environ.get("DGSNET_GPU_CHECK_HOLD", "").split(",") if s}
     steps = plan(args, out, site, py)
     print(f"gpu-check ({mode}): results in {out}, work folder {work}"
           + (f", budget {args.budget:.0f} s" if args.budget else ""), flush=True)
@@ -774,7 +784,7 @@ def main(argv=None) -> int:
                 limit = min(limit, left)
             print(f"[{i}/{len(steps)}] {step.name}: {step.title} (limit {limit:.0f} s) ...", flush=True)
             log = os.path.join(logs, f"{step.name}.log")
-            run_step(step, env, cwd, out, limit, fail)
+            run_step(step, env, cwd, out, limit, fail, hold)
             print(f"[{i}/{len(steps)}] {step.name}: {step.status} in {step.seconds:.1f} s"
                   + (f": {step.note}" if step.note else ""), flush=True)
             if step.status in ("fail", "timeout"):

@@ -190,14 +190,21 @@ def test_the_summary_shows_the_gpu_columns_of_fresh_results_only(tmp_path):
 
 def test_sigterm_stops_the_running_step_and_still_writes_the_summary(tmp_path):
     out = tmp_path / "out"
+    # The step is held running (DGSNET_GPU_CHECK_HOLD: a process and its child that never end by themselves), so
+    # the signal always reaches a running step: the real dry-run step can finish first on a loaded machine.
     proc = subprocess.Popen(["bash", SCRIPT, "--dry-run-cpu", "--steps", "train", "--work", str(tmp_path / "work"),
                              str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHON": sys.executable})
+                            env={**os.environ, "PYTHON": sys.executable, "DGSNET_GPU_CHECK_HOLD": "train"})
+    log = out / "logs" / "train.log"
     try:
         for line in proc.stdout:  # the script execs Python: proc is the driver itself
             if "train: short" in line:
-                proc.send_signal(signal.SIGTERM)
                 break
+        deadline = time.time() + 60
+        while "holding" not in (log.read_text() if log.exists() else "") and time.time() < deadline:
+            time.sleep(0.1)
+        assert "holding" in log.read_text()
+        proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 130
     finally:
         proc.kill()
@@ -212,7 +219,6 @@ def test_sigterm_stops_the_running_step_and_still_writes_the_summary(tmp_path):
             break
         time.sleep(0.5)
     assert left == []
-    assert not (out / "bench_train_gpu.json").exists()
 
 
 # ---------------------------------------------------------------- slow: the dry run itself
