@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -26,30 +27,48 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.abspath(__file__)
 SHELL = os.path.join(ROOT, "scripts", "gpu-check.sh")
 
-# (distribution, import name) of everything dgsnet, its benchmarks and its tests import at run time,
-# with what those import in turn: measured from sys.modules after importing them in the project's
-# environment. The install step uses --no-deps (pip --target would otherwise reinstall torch), so
-# this list has to be the whole closure. torch, triton and their own dependencies are the image's.
+# (distribution, import name, needed by) of everything dgsnet, its benchmarks and its tests import at
+# run time, with what those import in turn: measured from sys.modules after importing them in the
+# project's environment. The install step uses --no-deps (pip --target would otherwise reinstall
+# torch), so this list has to be the whole closure. torch, triton and their own dependencies are the
+# image's. "needed by" () marks what dgsnet, the benchmarks, the tests or the build import themselves;
+# otherwise the distributions whose import pulls it in: such an entry is required only when one of
+# those is missing too (its wheel is installed and needs it). A host whose huggingface_hub imports
+# never needs the httpx2 / httpcore2 / truststore that this environment's huggingface_hub 2 uses
+# (huggingface_hub 1, the GPU image's, uses httpx).
+_HUB = ("huggingface_hub",)
 NEEDED = [
     # dgsnet and open_clip
-    ("numpy", "numpy"), ("pillow", "PIL"), ("pyyaml", "yaml"), ("packaging", "packaging"),
-    ("typing_extensions", "typing_extensions"), ("filelock", "filelock"), ("tqdm", "tqdm"),
-    ("safetensors", "safetensors"), ("open_clip_torch", "open_clip"), ("ftfy", "ftfy"),
-    ("wcwidth", "wcwidth"), ("regex", "regex"), ("timm", "timm"), ("torchvision", "torchvision"),
-    ("huggingface_hub", "huggingface_hub"), ("httpx2", "httpx2"), ("httpcore2", "httpcore2"),
-    ("h11", "h11"), ("anyio", "anyio"), ("idna", "idna"), ("truststore", "truststore"),
+    ("numpy", "numpy", ()), ("pillow", "PIL", ()), ("pyyaml", "yaml", ()), ("packaging", "packaging", ()),
+    ("typing_extensions", "typing_extensions", ("huggingface_hub", "onnxscript", "onnx")),
+    ("filelock", "filelock", _HUB), ("tqdm", "tqdm", ()), ("safetensors", "safetensors", ()),
+    ("open_clip_torch", "open_clip", ()), ("ftfy", "ftfy", ("open_clip_torch",)),
+    ("wcwidth", "wcwidth", ("ftfy",)), ("regex", "regex", ("open_clip_torch",)),
+    ("timm", "timm", ("open_clip_torch",)), ("torchvision", "torchvision", ()),
+    ("huggingface_hub", "huggingface_hub", ()), ("httpx2", "httpx2", _HUB), ("httpcore2", "httpcore2", _HUB),
+    ("truststore", "truststore", ("httpx2",)),
+    # the serve tests' client (imported when pytest collects them), and the HTTP stack's own
+    ("httpx", "httpx", ()), ("httpcore", "httpcore", ("httpx",)), ("certifi", "certifi", ("httpx",)),
+    ("h11", "h11", ("httpcore", "httpcore2")), ("anyio", "anyio", ("httpx", "httpx2")),
+    ("idna", "idna", ("httpx", "httpx2", "anyio")),
     # building dgsnet._C
-    ("setuptools", "setuptools"), ("ninja", "ninja"),
+    ("setuptools", "setuptools", ()), ("ninja", "ninja", ()),
     # the benchmarks' plots and photos, the tests
-    ("matplotlib", "matplotlib"), ("contourpy", "contourpy"), ("cycler", "cycler"),
-    ("fonttools", "fontTools"), ("kiwisolver", "kiwisolver"), ("pyparsing", "pyparsing"),
-    ("python-dateutil", "dateutil"), ("scikit-image", "skimage"), ("scipy", "scipy"),
-    ("imageio", "imageio"), ("tifffile", "tifffile"), ("networkx", "networkx"),
-    ("lazy-loader", "lazy_loader"), ("onnx", "onnx"), ("protobuf", "google.protobuf"),
-    ("onnxscript", "onnxscript"), ("onnx-ir", "onnx_ir"), ("ml_dtypes", "ml_dtypes"),
-    ("onnxruntime", "onnxruntime"), ("pytest", "pytest"), ("iniconfig", "iniconfig"),
-    ("pluggy", "pluggy"), ("pygments", "pygments"),
+    ("matplotlib", "matplotlib", ()), ("contourpy", "contourpy", ("matplotlib",)),
+    ("cycler", "cycler", ("matplotlib",)), ("fonttools", "fontTools", ("matplotlib",)),
+    ("kiwisolver", "kiwisolver", ("matplotlib",)), ("pyparsing", "pyparsing", ("matplotlib",)),
+    ("python-dateutil", "dateutil", ("matplotlib",)), ("scikit-image", "skimage", ()), ("scipy", "scipy", ()),
+    ("imageio", "imageio", ("scikit-image",)), ("tifffile", "tifffile", ("scikit-image",)),
+    ("networkx", "networkx", ("scikit-image",)), ("lazy-loader", "lazy_loader", ("scikit-image",)),
+    ("onnx", "onnx", ()), ("protobuf", "google.protobuf", ()), ("onnxscript", "onnxscript", ()),
+    ("onnx-ir", "onnx_ir", ("onnxscript",)), ("ml_dtypes", "ml_dtypes", ("onnx", "onnxscript", "onnx-ir")),
+    ("onnxruntime", "onnxruntime", ()), ("pytest", "pytest", ()), ("iniconfig", "iniconfig", ("pytest",)),
+    ("pluggy", "pluggy", ("pytest",)), ("pygments", "pygments", ("pytest",)),
 ]
+# What the GPU image (the device tool's H100 / H200 'cuda' image: Python 3.12, torch 2.11, its
+# package list in the device notes) lacks of NEEDED: the default of --wheel-list, small enough to
+# carry to such a host. --wheel-list all prints every distribution of NEEDED.
+IMAGE_LACKS = ("open_clip_torch", "ftfy", "wcwidth")
 # Whole imports the steps rely on: a module missing deep inside one shows up here by name.
 PROBES = ["torch", "triton", "numpy", "PIL", "yaml", "safetensors", "open_clip", "torchvision", "timm",
           "matplotlib.pyplot", "skimage.data", "scipy.ndimage", "onnx", "onnxruntime", "onnxscript",
@@ -63,8 +82,8 @@ STEPS = ("install", "env", "build", "pytest", "bench_surgery", "bench_layerwise"
 # Seconds per step: the GPU check (8 minutes on one H100 with --budget 480), --full (the
 # benchmarks' reported sweeps), and --dry-run-cpu (a 2-core CI machine).
 LIMITS = {
-    "gpu": {"install": 60, "env": 60, "build": 150, "pytest": 120, "bench_surgery": 75,
-            "bench_layerwise": 60, "bench_step": 150, "train": 90},
+    "gpu": {"install": 45, "env": 45, "build": 150, "pytest": 180, "bench_surgery": 60,
+            "bench_layerwise": 45, "bench_step": 120, "train": 75},
     "full": {"install": 60, "env": 60, "build": 300, "pytest": 600, "bench_surgery": 600,
              "bench_layerwise": 300, "bench_step": 1200, "train": 300},
     "cpu": {"install": 60, "env": 60, "build": 600, "pytest": 300, "bench_surgery": 180,
@@ -74,6 +93,9 @@ RESULTS = {"bench_surgery": ["bench_surgery.json"], "bench_layerwise": ["bench_l
            "bench_step": ["bench_step.json"], "train": ["bench_train_gpu.json"]}
 RESERVE = 10  # seconds kept for summary.md when a budget is set
 JUNIT = "pytest_gpu.xml"
+# Seconds between timeout(1)'s first signal and its SIGKILL. pytest gets SIGINT first, so that it
+# writes its junit XML and its summary on the way out.
+KILL_AFTER = 15
 
 
 def canonical(name: str) -> str:
@@ -109,9 +131,10 @@ def base_version(version: str) -> str:
 
 
 def missing_modules(needed=NEEDED) -> list[tuple[str, str]]:
+    """The (distribution, module) pairs of `needed` whose module is not importable."""
     importlib.invalidate_caches()
     missing = []
-    for dist, module in needed:
+    for dist, module, *_ in needed:
         try:
             spec = importlib.util.find_spec(module)
         except (ImportError, ValueError):  # a parent package missing, or a broken one
@@ -119,6 +142,24 @@ def missing_modules(needed=NEEDED) -> list[tuple[str, str]]:
         if spec is None:
             missing.append((dist, module))
     return missing
+
+
+def required(missing: list[tuple[str, str]], needed=NEEDED) -> list[tuple[str, str]]:
+    """The pairs of `missing` that this host needs: what dgsnet, the benchmarks, the tests or the build
+    import themselves, and a dependency only where a distribution that imports it is required and
+    missing too (it is installed from a wheel, without its dependencies)."""
+    parents = {dist: (rest[0] if rest else ()) for dist, _, *rest in needed}
+    gone = {dist for dist, _ in missing}
+    need: set[str] = set()
+    grew = True
+    while grew:
+        grew = False
+        for dist in gone - need:
+            by = parents.get(dist, ())
+            if not by or any(p in need for p in by):
+                need.add(dist)
+                grew = True
+    return [(d, m) for d, m in missing if d in need]
 
 
 def pip_install(site: str, wheels: str, dists: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -183,9 +224,14 @@ def cmd_install(argv) -> int:
     p.add_argument("--site", required=True)
     p.add_argument("--wheels", default=None)
     args = p.parse_args(argv)
-    missing = missing_modules()
-    print(f"{len(NEEDED) - len(missing)} of {len(NEEDED)} needed modules already importable "
+    absent = missing_modules()
+    missing = required(absent)
+    print(f"{len(NEEDED) - len(absent)} of {len(NEEDED)} listed modules already importable "
           f"(Python {sys.version.split()[0]}, {sys.executable})")
+    unneeded = [d for d, m in absent if (d, m) not in missing]
+    if unneeded:
+        print("not needed here (only the missing versions of what imports them would need them): "
+              + ", ".join(unneeded))
     installed, failed = [], {}
     if missing and args.wheels:
         host_torch = None
@@ -202,7 +248,7 @@ def cmd_install(argv) -> int:
         failed.update(bad)
         if args.site not in sys.path:
             sys.path.insert(0, args.site)
-    still = missing_modules()
+    still = required(missing_modules())
     errors = probe_imports()
     for dist, why in failed.items():
         print(f"not installed: {dist}: {why}")
@@ -211,7 +257,7 @@ def cmd_install(argv) -> int:
         print(f"missing ({where}): " + ", ".join(f"{d} (import {m})" for d, m in still))
     for module, why in errors.items():
         print(f"import {module} fails: {why}")
-    parts = [f"all {len(NEEDED)} needed modules present" if not missing else
+    parts = ["every needed module present" if not missing else
              f"installed {len(installed)} of {len(missing)} missing" if args.wheels else
              f"{len(missing)} missing, no --wheels"]
     if still:
@@ -309,11 +355,22 @@ def _extension_state() -> tuple[bool, str]:
     return proc.returncode == 0, lines[-1]
 
 
+def setup_default_arch(setup_py: str = "setup.py") -> str:
+    """setup.py's DEFAULT_ARCH_LIST (what it builds for with no visible GPU), read from the file."""
+    try:
+        with open(setup_py) as fh:
+            m = re.search(r"^DEFAULT_ARCH_LIST\s*=\s*[\"']([^\"']+)[\"']", fh.read(), re.M)
+    except OSError:
+        m = None
+    return m.group(1) if m else "9.0+PTX"
+
+
 def cmd_build(argv) -> int:
     p = argparse.ArgumentParser(prog="gpu_check.py _build")
     p.add_argument("--mode", choices=["cuda", "cpu-if-missing"], required=True)
     args = p.parse_args(argv)
     env = dict(os.environ)
+    defaulted = False
     if args.mode == "cpu-if-missing":
         ok, what = _extension_state()
         if ok:
@@ -332,12 +389,14 @@ def cmd_build(argv) -> int:
             return 1
         env["CUDA_HOME"] = home
         if not env.get("TORCH_CUDA_ARCH_LIST"):
-            if not torch.cuda.is_available():
-                print("no CUDA device visible and no TORCH_CUDA_ARCH_LIST: set it (e.g. 9.0 for H100)",
-                      file=sys.stderr)
-                return 1
-            major, minor = torch.cuda.get_device_capability()
-            env["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"
+            if torch.cuda.is_available():
+                major, minor = torch.cuda.get_device_capability()
+                env["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"
+            else:  # as setup.py does on its own: its default, said so
+                env["TORCH_CUDA_ARCH_LIST"] = setup_default_arch()
+                defaulted = True
+                print(f"NOTE: no CUDA device visible and TORCH_CUDA_ARCH_LIST unset: building for setup.py's "
+                      f"default TORCH_CUDA_ARCH_LIST={env['TORCH_CUDA_ARCH_LIST']} (set it to choose)")
     env.setdefault("MAX_JOBS", str(len(os.sched_getaffinity(0))))  # as nproc: the cores this process may use
     shown = {k: env.get(k) for k in ("DGSNET_BUILD", "TORCH_CUDA_ARCH_LIST", "MAX_JOBS", "CUDA_HOME")}
     print(f"building dgsnet._C in {os.getcwd()}: " + ", ".join(f"{k}={v}" for k, v in shown.items() if v))
@@ -353,7 +412,9 @@ def cmd_build(argv) -> int:
     if not ok or (args.mode == "cuda" and not what.startswith("cuda")):
         print("NOTE: built, but " + ("it does not import" if not ok else "without CUDA kernels"))
         return 1
-    print(f"NOTE: built ({what.split()[0]}, arch {env.get('TORCH_CUDA_ARCH_LIST', 'host')})")
+    arch = env.get("TORCH_CUDA_ARCH_LIST", "host")
+    print(f"NOTE: built ({what.split()[0]}, arch {arch}" + (", setup.py's default: no device visible)"
+                                                           if defaulted else ")"))
     return 0
 
 
@@ -373,7 +434,8 @@ class Step:
 
 
 def git_commit(root: str) -> str:
-    """The checkout's commit (+ "with local changes"), from git, else from .git itself."""
+    """The checkout's commit (+ "with local changes"), from git, else from .git itself, else from the
+    DGSNET_COMMIT variable (a checkout copied without .git, e.g. to a device host)."""
     if shutil.which("git"):
         head = _run_out(["git", "-C", root, "rev-parse", "HEAD"])
         if head and re.fullmatch(r"[0-9a-f]{40}", head):
@@ -396,7 +458,10 @@ def git_commit(root: str) -> str:
             return head + " (read from .git)"
     except OSError:
         pass
-    return "unknown (no git and no readable .git)"
+    given = os.environ.get("DGSNET_COMMIT", "").strip()
+    if given:
+        return f"{given} (DGSNET_COMMIT)"
+    return "unknown (no git, no readable .git and no DGSNET_COMMIT)"
 
 
 def writable_checkout(root: str) -> bool:
@@ -421,8 +486,10 @@ def plan(args, out: str, site: str, py: str) -> list[Step]:
     install = [py, SCRIPT, "_install", "--site", site] + (["--wheels", args.wheels] if args.wheels else [])
     env = [py, SCRIPT, "_env", "--out", os.path.join(out, "env.json")] + ([] if args.dry_run_cpu else ["--need-cuda"])
     build = [py, SCRIPT, "_build", "--mode", "cpu-if-missing" if args.dry_run_cpu else "cuda"]
+    # --continue-on-collection-errors: a test module that cannot import here (a missing package) is
+    # reported as an error, and the GPU tests of every other module still run.
     pytest = [py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "--durations=15",
-              f"--junitxml={os.path.join(out, JUNIT)}", "tests"]
+              "--continue-on-collection-errors", f"--junitxml={os.path.join(out, JUNIT)}", "tests"]
     # The GPU check's reduced repeats (torch.compile left out: minutes of compiling a ViT-L/14);
     # --dry-run-cpu: --quick; --full: the scripts' own (reported) sweeps.
     gpu_sizes = {"bench_surgery": ["--no-compile", "--repeats", "5"], "bench_layerwise": ["--repeats", "10"],
@@ -430,7 +497,10 @@ def plan(args, out: str, site: str, py: str) -> list[Step]:
                  "train": ["--steps", "30"]}
     cpu_sizes = {"bench_surgery": ["--quick", "--no-compile"], "bench_layerwise": ["--quick"],
                  "bench_step": ["--quick", "--no-compile"], "train": ["--quick"]}
-    sized = {name: [] if args.full else (cpu_sizes if args.dry_run_cpu else gpu_sizes)[name] for name in gpu_sizes}
+    full_sizes = {"bench_surgery": [], "bench_layerwise": [], "train": [],
+                  "bench_step": ["--max-batch"]}  # the largest batch that fits, per competitor (GPU only)
+    sized = {name: (full_sizes if args.full else cpu_sizes if args.dry_run_cpu else gpu_sizes)[name]
+             for name in gpu_sizes}
     scripts = {"bench_surgery": "bench_surgery.py", "bench_layerwise": "bench_layerwise.py",
                "bench_step": "bench_step.py", "train": "bench_train_gpu.py"}
     titles = {"install": "install what is missing", "env": "device and versions", "build": "build dgsnet._C",
@@ -468,8 +538,11 @@ def run_step(step: Step, env: dict, cwd: str, out: str, limit: float, fail: set[
     with open(log_path, "w") as log:
         log.write(f"$ {' '.join(command)}\n# cwd {cwd}, limit {secs} s\n")
         log.flush()
-        # timeout(1) signals its whole process group, so DataLoader workers and compilers end too.
-        proc = subprocess.Popen(["timeout", "--kill-after=15", str(secs), *command], cwd=cwd, env=env,
+        # timeout(1) signals its whole process group, so DataLoader workers and compilers end too;
+        # pytest gets SIGINT (it then writes its junit XML and summary), SIGKILL KILL_AFTER s later.
+        first = ["-s", "INT"] if step.name == "pytest" else []
+        proc = subprocess.Popen(["timeout", *first, f"--kill-after={KILL_AFTER}", str(secs), *command],
+                                cwd=cwd, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             rc = proc.wait()
@@ -483,14 +556,18 @@ def run_step(step: Step, env: dict, cwd: str, out: str, limit: float, fail: set[
         text = fh.read()
     notes = [ln[6:] for ln in text.splitlines() if ln.startswith("NOTE: ")]
     step.note = notes[-1] if notes else ""
-    if rc in (124, 137) and step.seconds >= secs - 1:
-        step.status, step.note = "timeout", f"killed after {secs} s" + (f"; {step.note}" if step.note else "")
-    elif step.name == "pytest":
+    tally = ""
+    if step.name == "pytest":
         junit = os.path.join(out, JUNIT)
         counts = junit_counts(junit) if _fresh(junit, started) else junit_counts("")
         ran = counts["tests"] - counts["skipped"]
-        step.note = (f"{ran - counts['failures'] - counts['errors']} passed, {counts['failures']} failed, "
-                     f"{counts['errors']} errors, {counts['skipped']} skipped")
+        tally = (f"{ran - counts['failures'] - counts['errors']} passed, {counts['failures']} failed, "
+                 f"{counts['errors']} errors, {counts['skipped']} skipped")
+    if rc in (124, 137) and step.seconds >= secs - 1:
+        step.status, step.note = "timeout", f"killed after {secs} s" + (
+            f"; before that {tally}" if tally else f"; {step.note}" if step.note else "")
+    elif step.name == "pytest":
+        step.note = tally
         if rc == 5 or (rc == 0 and ran == 0):  # nothing selected, or all skipped (no CUDA): not a failure
             step.status = "skipped"
             step.note = "no test ran (" + step.note + ")"
@@ -587,10 +664,14 @@ def key_numbers(out: str, since: float) -> str:
     if step:
         rows = [r for r in step["rows"] if r.get("part") == "step"]
         ratios = [{"ratio": k, "value": v} for k, v in (step.get("ratios") or {}).items()]
+        biggest = [r for r in step["rows"] if r.get("part") == "max_batch"]
         parts.append(f"### Whole stage-2 step ({step.get('model')}, batch {step.get('batch')}, `bench_step.json`)\n\n"
                      + _table(rows, ["competitor", "precision", "step_ms", "images_per_s", "x_published",
                                      "x_floor", "peak_mb", "error"])
-                     + "\n" + _table(ratios, ["ratio", "value"]))
+                     + "\n" + _table(ratios, ["ratio", "value"])
+                     + ("\nLargest batch that fits (`--max-batch`, `--full` only):\n\n"
+                        + _table(biggest, ["competitor", "batch", "step_ms", "images_per_s", "peak_mb"])
+                        if biggest else ""))
     train = _load(out, "bench_train_gpu.json", since)
     if train:
         parts.append(f"### Training run ({train.get('model')}, batch {train.get('batch')}, {train.get('steps')} steps, "
@@ -647,6 +728,79 @@ def write_summary(out: str, steps: list[Step], info: dict, started: float, final
     atomic_write(os.path.join(out, "gpu_check.json"), json.dumps(record, indent=1))
 
 
+def prepare_site(site: str, cwd: str) -> None:
+    """The private site folder (first on every step's PYTHONPATH), with `dgsnet_export` in it: a link
+    to cwd/export, which only an installed checkout maps to that name (package_dir) and a bare host
+    lacks, so that pytest's collection and the benchmarks import it there too."""
+    os.makedirs(site, exist_ok=True)
+    link = os.path.join(site, "dgsnet_export")
+    target = os.path.join(cwd, "export")
+    if os.path.islink(link):
+        if os.readlink(link) == target:
+            return
+        os.unlink(link)
+    elif os.path.exists(link):  # a real package of that name installed there: leave it
+        return
+    tmp = f"{link}.tmp-{os.getpid()}"
+    os.symlink(target, tmp, target_is_directory=True)
+    os.replace(tmp, link)
+
+
+def step_env(site: str, cwd: str, work: str, py: str, dry_run: bool, base: dict | None = None) -> dict:
+    """The environment every step runs in: the private site folder, then the checkout, first on
+    PYTHONPATH; their scripts and the interpreter's on PATH; offline, pinned Triton configs, private
+    caches; the CPU path for a dry run."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join([site, cwd] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    # The private packages' scripts, then the interpreter's own (ninja: without it on PATH torch builds serially).
+    env["PATH"] = os.pathsep.join([os.path.join(site, "bin"), os.path.dirname(py), env.get("PATH", "")])
+    env.update({"DGSNET_TRITON_PINNED": "1", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"})
+    for var, sub in (("TRITON_CACHE_DIR", "triton"), ("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("MPLCONFIGDIR", "mpl")):
+        env.setdefault(var, os.path.join(work, sub))
+    if dry_run:
+        env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU path even on a GPU host
+    return env
+
+
+def write_archive(out: str, path: str) -> list[str]:
+    """OUT_DIR as a .tar.gz at `path` (members under OUT_DIR's own name), written to a temporary file
+    beside it and renamed into place, so a reader never sees half an archive; returns the member names.
+    The archive itself (and its temporary file) is left out when it lies inside OUT_DIR."""
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    skip = {path, tmp}
+    top = os.path.basename(os.path.normpath(out))
+    names: list[str] = []
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        if os.path.join(os.path.dirname(os.path.normpath(out)), info.name) in skip:
+            return None
+        names.append(info.name)
+        return info
+
+    try:
+        with tarfile.open(tmp, "w:gz") as tar:
+            tar.add(out, arcname=top, filter=keep)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return names
+
+
+def _archive(out: str, path: str | None) -> None:
+    if not path:
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the archive short
+    try:
+        names = write_archive(out, path)
+        print(f"gpu-check: archived {out} to {path} ({len(names)} entries, "
+              f"{os.path.getsize(path) / 2 ** 20:.1f} MiB)", flush=True)
+    except (OSError, tarfile.TarError) as exc:
+        print(f"gpu-check: could not write the archive {path}: {exc}", file=sys.stderr)
+
+
 def parse_args(argv):
     with open(SHELL) as fh:  # the shell script's header is the one description of what the host needs
         header = [ln[2:] if ln.startswith("# ") else ln[1:] for ln in fh.read().splitlines()[1:]
@@ -672,9 +826,13 @@ def parse_args(argv):
     p.add_argument("--work", default=None,
                    help="folder for private packages, caches and a copy of a read-only checkout "
                         "(default ${TMPDIR:-/tmp}/dgsnet-gpu-check-$USER)")
-    p.add_argument("--wheel-list", action="store_true",
+    p.add_argument("--archive", metavar="FILE",
+                   help="at the end (also after a failure or an interruption) write OUT_DIR as a .tar.gz "
+                        "to FILE, atomically: one file to fetch, e.g. $OUT/gpu-check.tar.gz on a device host")
+    p.add_argument("--wheel-list", nargs="?", const="image", choices=["image", "all"], default=None,
                    help="print the distributions (name==version of this environment) to put in the wheel "
-                        "folder, and exit")
+                        "folder, and exit: by default what the GPU image lacks (open_clip_torch, ftfy, "
+                        "wcwidth); `all`: everything dgsnet imports, for a host with only torch and triton")
     args = p.parse_args(argv)
     if args.steps is not None:
         args.steps = [s.strip() for s in args.steps.split(",") if s.strip()]
@@ -704,12 +862,31 @@ def parse_args(argv):
         args.wheels = os.path.abspath(args.wheels)
     if args.budget is None:
         args.budget = 0.0 if (args.dry_run_cpu or args.full) else 480.0
+    if args.archive is not None:
+        args.archive = os.path.abspath(args.archive)
+        if os.path.isdir(args.archive):
+            p.error(f"--archive {args.archive}: a folder; name the .tar.gz file to write")
     return args
 
 
-def print_wheel_list() -> int:
-    for dist, _ in NEEDED:
-        if dist in TORCH_BOUND:
+# Never in the wheel list: the host's own must suit its torch (torch 2.11 requires setuptools < 82,
+# newer than this environment's may be), and every host that builds torch extensions has one.
+NOT_CARRIED = {"setuptools": "the host's own (torch 2.11 requires setuptools < 82); never carried"}
+
+
+def print_wheel_list(which: str = "image") -> int:
+    """name==version (this environment's) of the wheels to carry: what the GPU image lacks (IMAGE_LACKS),
+    or with `all` every distribution of NEEDED (a host with nothing but torch and triton)."""
+    if which == "all":
+        print("# every distribution dgsnet, its benchmarks and tests import (dependencies included, for a host "
+              "with nothing but torch and triton)")
+    else:
+        print("# what the GPU image (Python 3.12, torch 2.11) lacks; `--wheel-list all` for a host with less")
+    for dist, *_ in NEEDED:
+        if dist in TORCH_BOUND or (which != "all" and dist not in IMAGE_LACKS):
+            continue
+        if dist in NOT_CARRIED:
+            print(f"# {dist}: {NOT_CARRIED[dist]}")
             continue
         version = _version(dist)
         print(f"{dist}=={version}" if version else f"# {dist}: not installed here")
@@ -725,7 +902,7 @@ def main(argv=None) -> int:
         return internal[argv[0]](argv[1:])
     args = parse_args(argv)
     if args.wheel_list:
-        return print_wheel_list()
+        return print_wheel_list(args.wheel_list)
     started = time.time()
     out = os.path.abspath(args.out)
     logs = os.path.join(out, "logs")
@@ -737,6 +914,13 @@ def main(argv=None) -> int:
         return 2
     work = os.path.abspath(args.work or os.path.join(os.environ.get("TMPDIR", "/tmp"),
                                                      f"dgsnet-gpu-check-{os.environ.get('USER', os.getuid())}"))
+    try:
+        return run_check(args, argv, out, logs, work, started)
+    finally:  # after a failure or an interruption too: the one file a device host hands back
+        _archive(out, args.archive)
+
+
+def run_check(args, argv, out: str, logs: str, work: str, started: float) -> int:
     site = os.path.join(work, "site")
     try:
         os.makedirs(site, exist_ok=True)  # before any step starts: a path missing at start-up is never searched
@@ -751,16 +935,14 @@ def main(argv=None) -> int:
     if not writable_checkout(ROOT):
         cwd = copy_checkout(ROOT, os.path.join(work, "src"))
         print(f"gpu-check: {ROOT} is not writable: copied it to {cwd} and running there")
+    try:
+        prepare_site(site, cwd)
+    except OSError as exc:
+        print(f"gpu-check: cannot link dgsnet_export into {site} ({exc.strerror}): pass --work DIR",
+              file=sys.stderr)
+        return 2
     py = sys.executable
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([site, cwd] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    # The private packages' scripts, then the interpreter's own (ninja: without it on PATH torch builds serially).
-    env["PATH"] = os.pathsep.join([os.path.join(site, "bin"), os.path.dirname(py), env.get("PATH", "")])
-    env.update({"DGSNET_TRITON_PINNED": "1", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"})
-    for var, sub in (("TRITON_CACHE_DIR", "triton"), ("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("MPLCONFIGDIR", "mpl")):
-        env.setdefault(var, os.path.join(work, sub))
-    if args.dry_run_cpu:
-        env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU path even on a GPU host
+    env = step_env(site, cwd, work, py, args.dry_run_cpu)
     fail = {s for s in os.environ.get("DGSNET_GPU_CHECK_FAIL", "").split(",") if s}
     hold = {s for s in os.environ.get("DGSNET_GPU_CHECK_HOLD", "").split(",") if s}
     steps = plan(args, out, site, py)

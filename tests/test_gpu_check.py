@@ -86,17 +86,42 @@ def test_bad_steps_and_timeouts_are_usage_errors():
     assert proc.returncode == 2 and "STEP=SECONDS" in proc.stderr
 
 
-def test_the_wheel_list_names_what_the_host_may_lack_with_this_environments_versions():
+def test_the_wheel_list_names_what_the_gpu_image_lacks_with_this_environments_versions():
     proc = _run("--wheel-list", timeout=60)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     from importlib.metadata import version
 
-    assert f"open_clip_torch=={version('open_clip_torch')}" in lines
-    assert f"ftfy=={version('ftfy')}" in lines and f"wcwidth=={version('wcwidth')}" in lines
+    # by default only what the GPU image lacks: small enough to carry to it
+    wanted = [line for line in lines if not line.startswith("#")]
+    assert wanted == [f"open_clip_torch=={version('open_clip_torch')}", f"ftfy=={version('ftfy')}",
+                      f"wcwidth=={version('wcwidth')}"]
     # torchvision must match the host's torch, not this environment's: a comment only
-    assert not any(line.startswith("torchvision==") for line in lines)
     assert any(line.startswith("# torchvision") for line in lines)
+    proc = _run("--wheel-list", "all", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert set(wanted) < set(lines) and f"onnxscript=={version('onnxscript')}" in lines
+    assert not any(line.startswith(("torchvision==", "setuptools==")) for line in lines)
+    assert any(line.startswith("# setuptools") and "< 82" in line for line in lines)
+
+
+def test_a_dependency_is_needed_only_where_what_imports_it_is_missing_too():
+    """The GPU image has huggingface_hub 1 (httpx): the httpx2 / httpcore2 / truststore that this
+    environment's huggingface_hub 2 imports are not needed there; what open_clip pulls in is."""
+    gc = _driver()
+    image = [("open_clip_torch", "open_clip"), ("ftfy", "ftfy"), ("wcwidth", "wcwidth"), ("httpx2", "httpx2"),
+             ("httpcore2", "httpcore2"), ("truststore", "truststore")]
+    assert gc.required(image) == image[:3]
+    # a host without huggingface_hub installs this environment's, and with it what it imports
+    bare = image + [("huggingface_hub", "huggingface_hub"), ("h11", "h11")]
+    assert gc.required(bare) == bare
+    # a dependency of a present distribution is not needed however deep (wcwidth <- ftfy <- open_clip)
+    assert gc.required([("wcwidth", "wcwidth"), ("ftfy", "ftfy")]) == []
+    # every "needed by" names a distribution of the list
+    dists = {d for d, *_ in gc.NEEDED}
+    assert all(set(by) <= dists for _, _, by in gc.NEEDED)
+    assert set(gc.IMAGE_LACKS) <= dists
 
 
 # ---------------------------------------------------------------- fast: the offline install
@@ -155,6 +180,20 @@ def test_the_commit_is_read_from_dot_git_without_git(tmp_path):
     assert gc.git_commit(str(tmp_path / "elsewhere")).startswith("unknown")
 
 
+def test_the_commit_comes_from_dgsnet_commit_where_there_is_no_git(tmp_path, monkeypatch):
+    """A checkout copied without .git (a device host): DGSNET_COMMIT names the commit; a readable .git
+    still wins."""
+    gc = _driver()
+    sha = "89abcdef0123456789abcdef0123456789abcdef"
+    monkeypatch.setenv("DGSNET_COMMIT", sha)
+    assert gc.git_commit(str(tmp_path)) == f"{sha} (DGSNET_COMMIT)"
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "HEAD").write_text("0123456789abcdef0123456789abcdef01234567\n")
+    assert gc.git_commit(str(tmp_path)).endswith("(read from .git)")
+    monkeypatch.setenv("DGSNET_COMMIT", "")
+    assert gc.git_commit(str(tmp_path / "elsewhere")).startswith("unknown")
+
+
 def test_a_read_only_checkout_is_copied_without_its_environment_and_builds(tmp_path):
     gc = _driver()
     src = tmp_path / "repo"
@@ -174,14 +213,15 @@ def test_the_summary_shows_the_gpu_columns_of_fresh_results_only(tmp_path):
     targets reach summary.md; a results file older than the run is left out."""
     gc = _driver()
     rows = [{"B": 32, "D": 768, "reference_us": 410.0, "cuda_speedup": 12.5, "triton_speedup": 9.5,
-             "cuda_x_copy_floor": 3.1, "cuda_launches": 2, "cuda_peak_MiB": 1.0},
+             "cuda_x_copy_floor": 3.1, "cuda_fwd_launches": 2, "cuda_bwd_launches": 1, "cuda_peak_MiB": 1.0},
             {"B": 32, "D": 512, "reference_us": 300.0, "cuda_speedup": 11.0}]
     record = {"dtype": "float32", "rows": rows,
               "targets": {"triton_speedup_B32_D768": {"value": 9.5, "target": ">= 10", "met": False}}}
     (tmp_path / "bench_surgery.json").write_text(json.dumps(record))
     text = gc.key_numbers(str(tmp_path), since=0)
-    assert "| B | D | reference_us | cuda_launches | cuda_speedup | cuda_x_copy_floor | triton_speedup |" in text
-    assert "| 32 | 768 | 410 | 2 | 12.5 | 3.1 | 9.5 |" in text and "| 512 |" not in text  # D=768 rows only
+    assert ("| B | D | reference_us | cuda_bwd_launches | cuda_fwd_launches | cuda_speedup | cuda_x_copy_floor "
+            "| triton_speedup |") in text
+    assert "| 32 | 768 | 410 | 1 | 2 | 12.5 | 3.1 | 9.5 |" in text and "| 512 |" not in text  # D=768 rows only
     assert "| triton_speedup_B32_D768 | 9.5 | >= 10 | False |" in text
     assert "peak_MiB" not in text
     old = os.path.getmtime(tmp_path / "bench_surgery.json")
@@ -219,6 +259,147 @@ def test_sigterm_stops_the_running_step_and_still_writes_the_summary(tmp_path):
             break
         time.sleep(0.5)
     assert left == []
+
+
+# What a host without the editable install sees: the interpreter minus the finders that the editable
+# install (setuptools' __editable__*finder*.py, loaded by a .pth file) puts in sys.meta_path and
+# sys.path_hooks; then it prints where dgsnet_export comes from and runs pytest with the given arguments.
+BARE = """
+import importlib.util, sys
+editable = lambda f: "__editable__" in (getattr(f, "__module__", "") or "")
+removed = sum(1 for f in sys.meta_path if editable(f))
+sys.meta_path[:] = [f for f in sys.meta_path if not editable(f)]
+sys.path_hooks[:] = [h for h in sys.path_hooks if not editable(h)]
+sys.path_importer_cache.clear()
+spec = importlib.util.find_spec("dgsnet_export")
+print("editable finders removed:", removed, flush=True)
+print("dgsnet_export:", spec.origin if spec else None, flush=True)
+if len(sys.argv) > 1:
+    import pytest
+    sys.exit(pytest.main(sys.argv[1:]))
+"""
+
+
+def test_pytest_collects_the_gpu_tests_without_the_editable_install(tmp_path):
+    """A bare host (the repo copied, nothing installed): the private site folder's dgsnet_export link makes
+    tests/cli and tests/data collect (they import dgsnet_export), in the environment the steps get."""
+    gc = _driver()
+    site, work = str(tmp_path / "site"), str(tmp_path / "work")
+    os.makedirs(site)
+    env = gc.step_env(site, ROOT, work, sys.executable, dry_run=True)
+    # without the link, the bare interpreter cannot import dgsnet_export (where the editable install provided it)
+    control = subprocess.run([sys.executable, "-c", BARE], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert control.returncode == 0, control.stderr
+    if "editable finders removed: 0" not in control.stdout:
+        assert "dgsnet_export: None" in control.stdout, control.stdout
+    gc.prepare_site(site, ROOT)
+    gc.prepare_site(site, ROOT)  # a second run keeps the link
+    assert os.readlink(os.path.join(site, "dgsnet_export")) == os.path.join(ROOT, "export")
+    proc = subprocess.run([sys.executable, "-c", BARE, "--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                           "tests"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    text = proc.stdout + proc.stderr
+    assert f"dgsnet_export: {os.path.join(site, 'dgsnet_export', '__init__.py')}" in text, text[-3000:]
+    assert proc.returncode == 0 and "ERROR" not in text and "error" not in text.splitlines()[-1], text[-3000:]
+    collected = re.search(r"^(\d+)/\d+ tests collected", text, re.M)
+    assert collected and int(collected.group(1)) > 0, text[-3000:]
+
+
+def test_the_pytest_step_continues_past_collection_errors_and_keeps_its_counts_on_a_timeout(tmp_path):
+    """pytest runs with --continue-on-collection-errors, and under `timeout -s INT`: stopped at its limit,
+    it still writes its junit XML, whose counts reach the step's note."""
+    gc = _driver()
+    args = gc.parse_args([str(tmp_path / "out")])
+    command = next(s.command for s in gc.plan(args, str(tmp_path / "out"), str(tmp_path / "site"), sys.executable)
+                   if s.name == "pytest")
+    assert "--continue-on-collection-errors" in command
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_slow.py").write_text("import time\n\ndef test_quick():\n    pass\n\n"
+                                        "def test_stuck():\n    time.sleep(600)\n")
+    (suite / "test_broken.py").write_text("import not_a_module_gpu_check\n")
+    out = tmp_path / "out"
+    (out / "logs").mkdir(parents=True)
+    step = gc.Step("pytest", "pytest", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                        "--continue-on-collection-errors", f"--junitxml={out / gc.JUNIT}",
+                                        str(suite)], 12)
+    gc.run_step(step, dict(os.environ), str(suite), str(out), 12, set())
+    log = (out / "logs" / "pytest.log").read_text()
+    assert step.status == "timeout", (step.note, log[-2000:])
+    assert step.note.startswith("killed after 12 s; before that 1 passed, 0 failed, 1 errors"), (step.note, log)
+    assert "KeyboardInterrupt" in log and step.seconds < 12 + gc.KILL_AFTER
+
+
+def _members(path) -> list[str]:
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        return sorted(tar.getnames())
+
+
+def test_the_archive_holds_out_dir_and_is_written_atomically(tmp_path):
+    gc = _driver()
+    out = tmp_path / "res"
+    (out / "logs").mkdir(parents=True)
+    (out / "summary.md").write_text("# s\n")
+    (out / "logs" / "env.log").write_text("x\n")
+    archive = out / "res.tar.gz"  # inside OUT_DIR: left out of itself
+    archive.write_text("an older archive")
+    names = gc.write_archive(str(out), str(archive))
+    assert sorted(names) == _members(archive) == ["res", "res/logs", "res/logs/env.log", "res/summary.md"]
+    assert sorted(os.listdir(out)) == ["logs", "res.tar.gz", "summary.md"]  # no temporary file left
+
+
+def test_the_archive_is_written_after_a_failed_run(tmp_path):
+    """--archive FILE: OUT_DIR as one .tar.gz (what a device host hands back), also when a step failed."""
+    out, archive = tmp_path / "out", tmp_path / "fetch" / "gpu-check.tar.gz"
+    proc = _run("--dry-run-cpu", "--steps", "train", "--work", str(tmp_path / "work"), "--archive", str(archive),
+                str(out), env={"DGSNET_GPU_CHECK_FAIL": "train"}, timeout=120)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"archived {out} to {archive}" in proc.stdout
+    assert _members(archive) == ["out", "out/gpu_check.json", "out/logs", "out/logs/train.log", "out/summary.md"]
+    assert os.listdir(archive.parent) == ["gpu-check.tar.gz"]
+    proc = _run("--archive", str(tmp_path), timeout=60)
+    assert proc.returncode == 2 and "--archive" in proc.stderr
+
+
+def test_the_build_uses_setup_pys_default_arch_without_a_visible_device(tmp_path, monkeypatch, capsys):
+    gc = _driver()
+    import torch
+
+    with open(os.path.join(ROOT, "setup.py")) as fh:
+        default = re.search(r'^DEFAULT_ARCH_LIST = "([^"]+)"', fh.read(), re.M).group(1)
+    monkeypatch.chdir(ROOT)
+    assert gc.setup_default_arch() == default
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(gc, "find_cuda_home", lambda: str(tmp_path))
+    seen = {}
+
+    def fake_run(cmd, env=None, **kw):
+        seen.update(env or {})
+        return subprocess.CompletedProcess(cmd, 1)
+
+    monkeypatch.setattr(gc.subprocess, "run", fake_run)
+    assert gc.cmd_build(["--mode", "cuda"]) == 1  # the fake build "fails": nothing is compiled here
+    assert seen["TORCH_CUDA_ARCH_LIST"] == default and seen["DGSNET_BUILD"] == "cuda"
+    assert f"NOTE: no CUDA device visible and TORCH_CUDA_ARCH_LIST unset: building for setup.py's default " \
+           f"TORCH_CUDA_ARCH_LIST={default}" in capsys.readouterr().out
+
+
+def test_limits_fit_the_budget_and_the_full_run_searches_the_largest_batch(tmp_path):
+    gc = _driver()
+    gpu = gc.LIMITS["gpu"]
+    assert gpu["pytest"] >= 180  # a cold Triton cache compiles every pinned config first
+    with open(SCRIPT) as fh:  # the header's sizing is the driver's
+        header = fh.read()
+    listed = dict(re.findall(r"(\w+) (\d+) s", header.split("time: the GPU check", 1)[1].split("at most each")[0]))
+    assert {k: int(v) for k, v in listed.items()} == gpu
+    for full, want in ((True, ["--max-batch"]), (False, [])):
+        args = gc.parse_args(["--full"] if full else [])
+        steps = {s.name: s.command for s in gc.plan(args, str(tmp_path), str(tmp_path / "site"), sys.executable)}
+        assert [a for a in steps["bench_step"] if a == "--max-batch"] == want
+        assert all("--max-batch" not in c for n, c in steps.items() if n != "bench_step")
 
 
 # ---------------------------------------------------------------- slow: the dry run itself
