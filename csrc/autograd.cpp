@@ -71,12 +71,25 @@ class DgsObjectiveFunction : public torch::autograd::Function<DgsObjectiveFuncti
     auto saved = ctx->get_saved_variables();
     const at::Tensor &coef = saved[0], &head_sums = saved[1], &w_s = saved[2], &w_t = saved[3],
                      &w_x = saved[4];
-    auto [grad_f, grad_heads] =
-        op.call(coef, head_sums, w_s, w_t, w_x, defined_or_none(d_total), defined_or_none(d_img),
-                defined_or_none(d_text), defined_or_none(d_align),
-                ctx->saved_data["lam"].toDouble(), ctx->saved_data["with_align"].toBool(),
-                ctx->saved_data["project"].toBool(), ctx->saved_data["published"].toBool(),
-                static_cast<at::ScalarType>(ctx->saved_data["f_dtype"].toInt()));
+    at::Tensor grad_f, grad_heads;
+    if (ctx->needs_input_grad(0)) {
+      std::tie(grad_f, grad_heads) =
+          op.call(coef, head_sums, w_s, w_t, w_x, defined_or_none(d_total), defined_or_none(d_img),
+                  defined_or_none(d_text), defined_or_none(d_align),
+                  ctx->saved_data["lam"].toDouble(), ctx->saved_data["with_align"].toBool(),
+                  ctx->saved_data["project"].toBool(), ctx->saved_data["published"].toBool(),
+                  static_cast<at::ScalarType>(ctx->saved_data["f_dtype"].toInt()));
+    } else {
+      // Frozen features (heads trained on fixed features): no (B, D) pass, only the
+      // head gradients, which are the saved head sums scaled by (d_total + d_img) and
+      // (d_total + d_text), as dgs_backward computes them.
+      auto up = [&](const at::Tensor& d) {
+        return d.defined() ? d.to(head_sums.scalar_type()).reshape({})
+                           : at::zeros({}, head_sums.options());
+      };
+      const at::Tensor dt = up(d_total);
+      grad_heads = head_sums * at::stack({dt + up(d_img), dt + up(d_text)}).unsqueeze(1);
+    }
     // Sym sizes: under torch.compile with dynamic shapes D is symbolic.
     const c10::SymInt dim = w_s.sym_numel();
     if (ctx->needs_input_grad(0)) out[0] = grad_f;

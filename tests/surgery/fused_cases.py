@@ -54,10 +54,12 @@ class Case:
         return heads
 
 
-def run(case: Case, backend: str, mode="feature", variant="published", dtype=None, upstream=None):
-    """Forward values and gradients of one dgs_objective call with `backend`."""
+def run(case: Case, backend: str, mode="feature", variant="published", dtype=None, upstream=None,
+        frozen_features=False):
+    """Forward values and gradients of one dgs_objective call with `backend` (with frozen
+    features only the heads get gradients: grads["f"] is None)."""
     dtype = dtype or case.dtype
-    f = case.f.to(dtype).clone().requires_grad_(True)
+    f = case.f.to(dtype).clone().requires_grad_(not frozen_features)
     heads = case.make_heads(dtype if dtype in (torch.float32, torch.float64) else torch.float32)
     out = dgs_objective(f, case.f_t.to(dtype), case.t.to(dtype), case.labels, *heads, eps=EPS,
                         mode=mode, variant=variant, backend=backend)
@@ -89,6 +91,9 @@ def assert_same_results(got, want, tol):
         assert_rel_close(values[name], value, tol, name)
     assert set(grads) == set(want_grads)
     for name, grad in want_grads.items():
+        if grad is None:  # frozen features: none in either
+            assert grads[name] is None, f"{name} got a gradient it should not have"
+            continue
         assert grads[name] is not None, f"{name} got no gradient"
         assert_rel_close(grads[name], grad, tol, f"grad {name}")
     assert all(g is None for g in teacher_grads), "the teacher head must get no gradient"

@@ -41,6 +41,15 @@ def register_fakes(namespace: str) -> None:
     torch.library.register_fake(f"{namespace}::project_params_")(project_params_fake)
 
 
+def _head_grads(head_sums, d_total, d_img, d_text):
+    """dgs_backward's head gradients alone: [(d_total + d_img) * sums_S ; (d_total + d_text) * sums_X]."""
+    def up(d):
+        return head_sums.new_zeros(()) if d is None else d.to(head_sums.dtype).reshape(())
+
+    dt = up(d_total)
+    return head_sums * torch.stack([dt + up(d_img), dt + up(d_text)]).unsqueeze(1)
+
+
 def dgs_autograd(backward_op):
     """(backward, setup_context) of dgs_forward for torch.library.register_autograd: the
     surgical feature gradient and the student and text head gradients, from each loss
@@ -61,10 +70,15 @@ def dgs_autograd(backward_op):
         if d_total is None and d_img is None and d_text is None and d_align is None:
             return (None,) * 15
         lam, with_align, project, published = ctx.flags
-        grad_f, grad_heads = backward_op(coef, head_sums, w_s, w_t, w_x, d_total, d_img, d_text,
-                                         d_align, lam, with_align, project, published, ctx.f_dtype)
-        dim = w_s.numel()
         need = ctx.needs_input_grad
+        if need[0]:
+            grad_f, grad_heads = backward_op(coef, head_sums, w_s, w_t, w_x, d_total, d_img, d_text,
+                                             d_align, lam, with_align, project, published, ctx.f_dtype)
+        else:
+            # Frozen features (heads trained on fixed features): no (B, D) pass, only the head
+            # gradients, the saved head sums scaled by (d_total + d_img) and (d_total + d_text).
+            grad_f, grad_heads = None, _head_grads(head_sums, d_total, d_img, d_text)
+        dim = w_s.numel()
         bs_shape, bx_shape = ctx.bias_shapes
         g_f = grad_f if need[0] else None
         g_ws = grad_heads[0, :dim].view(w_s.shape) if need[4] else None

@@ -71,6 +71,26 @@ def test_each_upstream_gradient_is_used():
     assert grads["f"].abs().max().item() == 0.0 and grads["student.weight"].abs().max().item() == 0.0
 
 
+def _backward_kernel_calls(case, backend, **kw):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        result = run(case, backend, **kw)
+    return result, sum(e.name.endswith("::dgs_backward") for e in prof.events())
+
+
+@needs_ext
+@pytest.mark.parametrize("mode", ["feature", "none", "both"])
+def test_cpp_frozen_features_train_the_heads_without_the_row_pass(mode):
+    """Features that need no gradient (heads trained on fixed features): the head gradients
+    equal the reference's, and the (B, D) backward kernel is not run at all."""
+    case = Case(13, 29, seed=21)
+    got, calls = _backward_kernel_calls(case, "cpp", mode=mode, frozen_features=True)
+    assert_same_results(got, run(case, "reference", mode, frozen_features=True), TOL[torch.float64])
+    assert got[1]["f"] is None and got[1]["student.weight"].abs().max() > 0
+    assert calls == 0
+    _, calls = _backward_kernel_calls(case, "cpp", mode=mode)  # trainable features: the kernel runs
+    assert calls == 1
+
+
 @needs_ext
 def test_cpp_half_precision_features_promote_to_float32():
     case = Case(5, 24, torch.float32, seed=10)

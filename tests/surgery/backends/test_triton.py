@@ -33,7 +33,8 @@ def _on(case: Case, device) -> Case:
 
 def _cpu(result):
     values, grads, teacher = result
-    return ({k: v.cpu() for k, v in values.items()}, {k: v.cpu() for k, v in grads.items()}, teacher)
+    return ({k: v.cpu() for k, v in values.items()},
+            {k: None if v is None else v.cpu() for k, v in grads.items()}, teacher)
 
 
 def triton_run(case, *args, **kwargs):
@@ -53,6 +54,21 @@ def test_triton_modes_and_variants(mode, variant):
     case = Case(9, 45, seed=3)
     assert_same_results(triton_run(case, mode, variant), run(case, "reference", mode, variant),
                         TOL[torch.float64])
+
+
+def test_triton_frozen_features_train_the_heads_without_the_row_pass():
+    """Features that need no gradient: head gradients as the reference's, no backward kernel."""
+    case = Case(5, 23, seed=4)
+
+    def backward_calls(**kw):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            result = triton_run(case, **kw)
+        return result, sum(e.name.endswith("::dgs_backward") for e in prof.events())
+
+    got, calls = backward_calls(frozen_features=True)
+    assert_same_results(got, run(case, "reference", frozen_features=True), TOL[torch.float64])
+    assert got[1]["f"] is None and calls == 0
+    assert backward_calls()[1] == 1  # trainable features: the kernel runs
 
 
 @pytest.mark.parametrize("labels", ["real", "fake"])
