@@ -5,7 +5,8 @@ raise ValueError / RuntimeError / FileNotFoundError, which dgsnet.cli turns
 into one line on stderr (exit status 2).
 
   dgsnet export --ckpt RUN_DIR --out detector.onnx [--opset 17] [--fp16]
-                [--with-preprocessing] [--tensorrt] [--end-to-end [--batched]] [--triton-repo DIR]
+                [--with-preprocessing] [--tensorrt] [--end-to-end [--batched]]
+                [--triton-repo DIR [--triton-max-batch N] [--triton-precision fp32|fp16]]
   dgsnet predict --ckpt RUN_DIR images/ [more files or folders] [--out preds.jsonl|preds.csv]
 """
 from __future__ import annotations
@@ -19,6 +20,16 @@ from pathlib import Path
 
 from dgsnet.cli.common import add_checkpoint_arguments
 from dgsnet_export.runtime.cli import positive_int as _positive  # the check --batch-size uses
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
 
 
 def _probability(text: str) -> float:
@@ -89,10 +100,19 @@ def _check_end_to_end_flags(args, end_to_end: bool) -> None:
         raise ValueError("--tensorrt writes a trtexec profile for one input size, but an --end-to-end graph "
                          "takes images of any size: use --triton-repo (TensorRT through ONNX Runtime) or "
                          "export without --end-to-end for --tensorrt")
-    if (args.batched or args.triton_name or args.triton_max_batch != 16) and not end_to_end:
-        raise ValueError("--batched, --triton-name and --triton-max-batch apply to --end-to-end / --triton-repo")
-    if args.triton_repo is not None and not args.batched and args.triton_max_batch != 16:
-        raise ValueError("--triton-max-batch needs --batched: the one-image model has max_batch_size 0")
+    if args.batched and not end_to_end:
+        raise ValueError("--batched applies to --end-to-end / --triton-repo")
+    if (args.triton_name or args.triton_max_batch != 16 or args.triton_precision != "fp32") and \
+            args.triton_repo is None:
+        raise ValueError("--triton-name, --triton-max-batch and --triton-precision apply to --triton-repo")
+    if args.triton_repo is not None and args.batched and args.triton_max_batch == 0:
+        raise ValueError("--batched and --triton-max-batch 0 contradict: 0 asks for the one-image Triton model "
+                         "(max_batch_size 0); give one of them")
+
+
+def _batched(args) -> bool:
+    """--batched, or --triton-repo (the batched graph, for Triton's dynamic batching) unless --triton-max-batch 0."""
+    return args.batched or (args.triton_repo is not None and args.triton_max_batch > 0)
 
 
 def cmd_export(args) -> int:
@@ -116,7 +136,7 @@ def cmd_export(args) -> int:
     if end_to_end:
         from dgsnet_export.exporter.end_to_end import export_end_to_end_checkpoint
 
-        report = export_end_to_end_checkpoint(args.ckpt, out, batched=args.batched, **common)
+        report = export_end_to_end_checkpoint(args.ckpt, out, batched=_batched(args), **common)
     else:
         report = export_checkpoint(args.ckpt, out, with_preprocessing=args.with_preprocessing, **common)
     record = {**report.to_dict(), "checkpoint": args.ckpt}
@@ -146,7 +166,7 @@ def cmd_export(args) -> int:
         from dgsnet_export.exporter.triton_repo import write_triton_repo
 
         folder = write_triton_repo(out, args.triton_repo, name=args.triton_name,
-                                   max_batch_size=args.triton_max_batch)
+                                   max_batch_size=max(1, args.triton_max_batch), precision=args.triton_precision)
         record["triton_repo"] = str(folder)
         print(f"Triton model repository: {folder} (config.pbtxt, 1/model.onnx)")
     sidecar = out.with_suffix(".export.json")
@@ -176,13 +196,20 @@ def add_export_parser(sub) -> None:
                         "selection and normalisation inside; outputs logits, probabilities, patch_indices, "
                         "patch_grid. Verified against the numpy preprocessing on an image corpus")
     p.add_argument("--batched", action="store_true",
-                   help="with --end-to-end: take (N, H, W, 3) images of one shared size instead of one image")
+                   help="with --end-to-end: take (N, H, W, 3) images of one shared size instead of one image "
+                        "(the default of --triton-repo)")
     p.add_argument("--triton-repo", metavar="DIR", default=None,
                    help="also write an NVIDIA Triton model repository DIR/NAME/{config.pbtxt,1/model.onnx} "
-                        "for the end-to-end graph (implies --end-to-end)")
+                        "for the end-to-end graph (implies --end-to-end and, unless --triton-max-batch 0, "
+                        "--batched: Triton's dynamic batching groups requests of one image size)")
     p.add_argument("--triton-name", default=None, help="the Triton model name (default: --out's stem)")
-    p.add_argument("--triton-max-batch", type=_positive, default=16,
-                   help="max_batch_size of the --batched Triton model, with dynamic batching (default 16)")
+    p.add_argument("--triton-max-batch", type=_non_negative, default=16, metavar="N",
+                   help="max_batch_size of the Triton model, with dynamic batching (default 16); 0 exports the "
+                        "one-image graph instead (input (H, W, 3), max_batch_size 0, no batching)")
+    p.add_argument("--triton-precision", choices=["fp32", "fp16"], default="fp32",
+                   help="precision of Triton's TensorRT accelerator (default fp32). fp16 is faster but runs "
+                        "the in-graph patch selection (DFT, entropy, TopK) in half precision too, which may "
+                        "change which patches are selected and so the scores; verify before using it")
     p.add_argument("--tensorrt", action="store_true",
                    help="also write the trtexec command (min/opt/max batch profile, fp16) and build the "
                         "engine when TensorRT is importable")

@@ -5,9 +5,12 @@ config.pbtxt is written from the ONNX file's own graph inputs and outputs (names
 dims), so the two cannot disagree. The one-image graph (input (H, W, 3)) gets max_batch_size 0
 (Triton passes shapes through unchanged); the batched graph ((N, H, W, 3)) gets max_batch_size > 0,
 Triton's batch axis, and dynamic batching (Triton batches only requests of one image size together).
-Both run on the ONNX Runtime backend with TensorRT as its GPU accelerator (falling back to CUDA
-for what TensorRT cannot take). The model folder is staged beside DIR/<name> and renamed into
-place: a failed export leaves DIR as it was.
+`dgsnet export --triton-repo` writes the batched graph unless --triton-max-batch 0 asks for the
+one-image one. Both run on the ONNX Runtime backend with TensorRT as its GPU accelerator (falling
+back to CUDA for what TensorRT cannot take), in FP32 by default: the graph's own patch selection
+(DFT, spectral entropy, TopK) runs in the engine too, and FP16 there can change which patches are
+picked, so FP16 (precision="fp16", --triton-precision fp16) is opt-in. The model folder is staged
+beside DIR/<name> and renamed into place: a failed export leaves DIR as it was.
 """
 from __future__ import annotations
 
@@ -41,9 +44,16 @@ def _block(name: str, dtype: str, dims: list[int], batched: bool) -> str:
     return "  {\n" + "\n".join(lines) + "\n  }"
 
 
+#: TensorRT precision_mode per --triton-precision.
+PRECISIONS = {"fp32": "FP32", "fp16": "FP16"}
+
+
 def triton_config(model, name: str, *, max_batch_size: int = 16, instances: int = 1, kind: str = "KIND_GPU",
-                  fp16: bool = True, queue_delay_us: int = 2000, workspace_bytes: int = 1 << 30) -> str:
-    """config.pbtxt text for `model` (an onnx.ModelProto of an end-to-end export)."""
+                  precision: str = "fp32", queue_delay_us: int = 2000, workspace_bytes: int = 1 << 30) -> str:
+    """config.pbtxt text for `model` (an onnx.ModelProto of an end-to-end export). `precision`: the
+    TensorRT accelerator's, "fp32" (default) or "fp16" (may change which patches the graph selects)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     inits = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1:
@@ -68,7 +78,7 @@ def triton_config(model, name: str, *, max_batch_size: int = 16, instances: int 
     if kind == "KIND_GPU":
         optimization += [
             "  execution_accelerators {", "    gpu_execution_accelerator : [ {", '      name : "tensorrt"',
-            f'      parameters {{ key: "precision_mode" value: "{"FP16" if fp16 else "FP32"}" }}',
+            f'      parameters {{ key: "precision_mode" value: "{PRECISIONS[precision]}" }}',
             f'      parameters {{ key: "max_workspace_size_bytes" value: "{workspace_bytes}" }}',
             '      parameters { key: "trt_engine_cache_enable" value: "1" }',
             '      parameters { key: "trt_engine_cache_path" value: "/tmp/dgsnet-trt-cache" }',

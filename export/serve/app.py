@@ -7,10 +7,13 @@
     GET  /metrics     Prometheus text
     GET  /            the web page
 
-Images are decoded on Starlette's thread pool with dgsnet's decoder (the bomb limit read from the
-header before any pixel is decoded), then queued to the MicroBatcher, which scores them through the
-runtime's public OnnxDetector.score_images, the same preprocessing and model `dgsnet-predict`
-runs, so a file gets the same logit here as there. The server never fetches a URL.
+Each request's images are admitted before any pixel is decoded: their header sizes are reserved from
+one account of --max-queue images and --max-decoded-mp pixels shared by all requests (admission.py),
+or the request is refused with 503 and Retry-After; the reservation is held until the request is
+answered. Admitted images are decoded on Starlette's thread pool with dgsnet's decoder (the bomb
+limit read from the header before any pixel is decoded), then queued to the MicroBatcher, which
+scores them through the runtime's public OnnxDetector.score_images, the same preprocessing and
+model `dgsnet-predict` runs, so a file gets the same logit here as there. The server never fetches a URL.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from dgsnet.fileio import sha256_file
 from dgsnet.scoring import non_finite_message, sigmoid
 
 from . import logs
+from .admission import Admission, Reservation, header_pixels
 from .batcher import MicroBatcher, QueueFull
 from .limits import Limits, RequestError, image_error, too_large, too_many_images
 from .metrics import CONTENT_TYPE, Metrics
@@ -55,7 +59,8 @@ class Service:
         self.ready = False
         self.batcher = MicroBatcher(detector.score_images, max_batch=max_batch, max_wait_ms=max_wait_ms,
                                     max_queue=limits.max_queue, on_batch=lambda n: self.metrics.batch_size.observe(n))
-        self.metrics = Metrics(queue_depth=lambda: self.batcher.pending)
+        self.admission = Admission(limits.max_queue, limits.decoded_pixel_limit)
+        self.metrics = Metrics(queue_depth=lambda: self.batcher.pending, admission=self.admission)
         self.decode = getattr(detector.preprocess, "decode", "dgsnet")
 
     # ------------------------------------------------------------ model
@@ -72,7 +77,8 @@ class Service:
                                   "normalization": info.normalization},
                 "outputs": list(info.outputs), "metadata": dict(info.extra),
                 "limits": {"max_request_bytes": self.limits.max_request_bytes, "max_images": self.limits.max_images,
-                           "max_pixels": self.limits.max_pixels, "max_queue": self.limits.max_queue},
+                           "max_pixels": self.limits.max_pixels, "max_queue": self.limits.max_queue,
+                           "max_decoded_pixels": self.limits.decoded_pixel_limit},
                 "batching": {"max_batch": self.batcher.max_batch, "max_wait_ms": self.batcher.max_wait * 1000.0}}
 
     def warm_up(self) -> None:
@@ -189,6 +195,20 @@ class Service:
             return None, error, (time.perf_counter() - start) * 1000.0
         return rgb, None, (time.perf_counter() - start) * 1000.0
 
+    def admit(self, pixels: list) -> Reservation:
+        """The request's reservation (its images' header pixels), or RequestError 503 when it does not fit."""
+        wanted = [p for p in pixels if p is not None and p <= self.limits.max_pixels]
+        reservation = self.admission.try_reserve(wanted)
+        if reservation is not None:
+            return reservation
+        held = self.admission
+        retry = self.batcher.retry_after(held.images + len(wanted))
+        raise RequestError(503, "queue_full", f"the server is busy: {held.images} images ({held.pixels / 1e6:.2f} MP) "
+                           f"are being decoded, queued or scored, and this request's {len(wanted)} "
+                           f"({sum(wanted) / 1e6:.2f} MP) would pass the limit of {held.max_images} images "
+                           f"(--max-queue) or {held.max_pixels / 1e6:g} MP (--max-decoded-mp); retry in {retry} s",
+                           {"Retry-After": str(retry)})
+
     # ------------------------------------------------------------ scoring
 
     def entry(self, name: str, result: dict, decode_ms: float, started: float) -> dict:
@@ -215,26 +235,35 @@ class Service:
 
     async def detect(self, request: Request) -> Response:
         started = time.perf_counter()
+        reservation = None
         try:
             if not self.ready:
                 raise RequestError(503, "not_ready", "the model is still loading and warming up; retry shortly "
                                    "(GET /readyz says when)", {"Retry-After": "1"})
             items = await self.images_of(request)
             request.scope["dgsnet"] = {"images": len(items)}
+            pixels = await run_in_threadpool(lambda: [header_pixels(d) for _, d in items])
+            reservation = self.admit(pixels)  # before any pixel is decoded
             decoded = await run_in_threadpool(lambda: [self.decode_one(n, d) for n, d in items])
             good = [(rgb, name) for (name, _), (rgb, _, _) in zip(items, decoded) if rgb is not None]
+            outcomes = [(rgb is not None, error, ms) for rgb, error, ms in decoded]
+            del decoded  # the pixels live in `good` until scored, then nowhere
             try:
                 scored = iter(await self.batcher.submit(good))
             except QueueFull as exc:
                 raise RequestError(503, "queue_full", f"the server is busy: {exc}",
                                    {"Retry-After": str(exc.retry_after)}) from None
+            finally:
+                del good
+            results = [self.entry(name, next(scored), ms, started) if ok else self.failed(name, error)
+                       for (name, _), (ok, error, ms) in zip(items, outcomes)]
         except RequestError as exc:
             self.metrics.errors.inc(kind=exc.kind)
             return JSONResponse(exc.body(), exc.status, headers=exc.headers)
         finally:
+            if reservation is not None:
+                reservation.release()
             self.metrics.latency.observe(time.perf_counter() - started)
-        results = [self.failed(name, error) if rgb is None else self.entry(name, next(scored), ms, started)
-                   for (name, _), (rgb, error, ms) in zip(items, decoded)]
         ok = [r for r in results if r["status"] == 200]
         request.scope["dgsnet"].update(scored=len(ok), failed=len(results) - len(ok))
         status = 200 if ok else results[0]["status"]  # one bad image among good ones fails only itself

@@ -74,12 +74,15 @@ class MicroBatcher:
                 pass
         self._pool.shutdown(wait=True)
 
+    def retry_after(self, backlog: int) -> int:
+        """Seconds, at least 1, in which `backlog` images are likely scored (for Retry-After)."""
+        return max(1, math.ceil(backlog * self._seconds_per_image))
+
     async def submit(self, pairs: list[tuple[object, str]]) -> list[dict]:
         if not pairs:
             return []
         if self.waiting + len(pairs) > self.max_queue:
-            backlog = self.waiting + self.in_flight + len(pairs)
-            raise QueueFull(self.waiting, self.max_queue, max(1, math.ceil(backlog * self._seconds_per_image)))
+            raise QueueFull(self.waiting, self.max_queue, self.retry_after(self.waiting + self.in_flight + len(pairs)))
         loop = asyncio.get_running_loop()
         items = [_Item(image, name, loop.create_future()) for image, name in pairs]
         for item in items:
@@ -106,6 +109,7 @@ class MicroBatcher:
                 except asyncio.TimeoutError:
                     break
             await self._score_batch(loop, batch)
+            del batch  # the scored images are not kept while the next one is awaited
             self.in_flight = 0
 
     async def _score_batch(self, loop, batch: list[_Item]) -> None:

@@ -48,8 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-wait-ms", type=_wait_ms, default=5.0, metavar="MS",
                         help="how long the first image of a batch waits for others (default 5)")
     parser.add_argument("--max-queue", type=positive_int, default=64, metavar="N",
-                        help="images waiting to be scored at most; a request that does not fit gets 503 with "
-                             "Retry-After (default 64)")
+                        help="images admitted at once, all requests together (being decoded, queued or scored); "
+                             "a request that does not fit whole gets 503 with Retry-After (default 64; at least "
+                             "--max-images)")
     parser.add_argument("--max-request-mb", type=_positive_float, default=32.0, metavar="MB",
                         help="largest request body in MiB (default 32); larger gets 413")
     parser.add_argument("--max-images", type=positive_int, default=32, metavar="N",
@@ -57,6 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=_positive_float, default=100.0, metavar="MP",
                         help="largest image in megapixels, read from its header before decoding (default 100, "
                              "the decompression-bomb limit); a larger one fails its own entry with 413")
+    parser.add_argument("--max-decoded-mp", type=_positive_float, default=None, metavar="MP",
+                        help="decoded megapixels held at once, all requests together, reserved from each image's "
+                             "header before it is decoded (3 bytes each); a request that does not fit gets 503 "
+                             "with Retry-After (default --max-queue x --max-pixels; at least --max-pixels)")
     parser.add_argument("--provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"],
                         help="execution provider; auto = TensorRT, else CUDA, else CPU")
     parser.add_argument("--threads", type=positive_int, help="onnxruntime intra-op threads (default: all cores)")
@@ -70,8 +75,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def limits_of(args):
     from .limits import MB, Limits
 
+    decoded = getattr(args, "max_decoded_mp", None)
     return Limits(max_request_bytes=int(args.max_request_mb * MB), max_images=args.max_images,
-                  max_pixels=int(args.max_pixels * 1_000_000), max_queue=args.max_queue)
+                  max_pixels=int(args.max_pixels * 1_000_000), max_queue=args.max_queue,
+                  max_decoded_pixels=None if decoded is None else int(decoded * 1_000_000))
 
 
 def serve(args, prog: str) -> int:
@@ -84,6 +91,11 @@ def serve(args, prog: str) -> int:
         return 2
     if not 0 <= args.port <= 65535:
         print(f"{prog}: --port {args.port}: choose a TCP port between 1 and 65535", file=sys.stderr)
+        return 2
+    try:
+        limits = limits_of(args)  # contradicting limits are refused before the model is loaded
+    except ValueError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     import uvicorn
 
@@ -105,7 +117,7 @@ def serve(args, prog: str) -> int:
     # the scoring thread's patch selection beside onnxruntime's own threads (5x fewer requests/s
     # measured on 2 busy cores with a full pool)
     set_blas_threads(1)
-    service = Service(detector, limits=limits_of(args), max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    service = Service(detector, limits=limits, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
     config = uvicorn.Config(create_app(service), host=args.host, port=args.port, log_config=log_config(args.log_level),
                             access_log=False, timeout_graceful_shutdown=args.graceful_timeout, lifespan="on",
                             server_header=False)

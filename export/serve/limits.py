@@ -18,12 +18,30 @@ class Limits:
     max_request_bytes: int = 32 * MB  # the whole body, multipart or JSON (base64 is 4/3 of the bytes)
     max_images: int = 32  # images in one request
     max_pixels: int = DEFAULT_MAX_PIXELS  # width x height of one image, read from its header before decoding
-    max_queue: int = 64  # images decoded and waiting to be scored, all requests together
+    max_queue: int = 64  # images admitted (being decoded, queued or scored), all requests together
+    # decoded pixels held at once, all requests together; None: max_queue x max_pixels
+    max_decoded_pixels: int | None = None
 
     def __post_init__(self):
         for name in ("max_request_bytes", "max_images", "max_pixels", "max_queue"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        # A request is admitted whole or not at all, so one that could never fit would be refused with
+        # a 503 that retrying cannot cure: such settings are refused at startup instead.
+        if self.max_images > self.max_queue:
+            raise ValueError(f"--max-images {self.max_images} is more than --max-queue {self.max_queue}: a request "
+                             "that large could never be queued; lower --max-images or raise --max-queue")
+        if self.max_decoded_pixels is not None and self.max_decoded_pixels < self.max_pixels:
+            raise ValueError(f"--max-decoded-mp {self.max_decoded_pixels / 1e6:g} is less than --max-pixels "
+                             f"{self.max_pixels / 1e6:g}: an image at the pixel limit could never be decoded; "
+                             "raise --max-decoded-mp or lower --max-pixels")
+
+    @property
+    def decoded_pixel_limit(self) -> int:
+        """Pixels (width x height, 3 bytes each once decoded) all admitted images may hold together."""
+        if self.max_decoded_pixels is not None:
+            return self.max_decoded_pixels
+        return self.max_queue * self.max_pixels
 
 
 class RequestError(Exception):

@@ -91,7 +91,7 @@ class Histogram(_Family):
 class Metrics:
     """The server's metrics; `render()` is the /metrics body."""
 
-    def __init__(self, queue_depth=lambda: 0):
+    def __init__(self, queue_depth=lambda: 0, admission=None):
         lock = threading.RLock()
         self._lock = lock
         self.requests = Counter("dgsnet_requests_total", "HTTP requests answered, by route and status.", lock)
@@ -104,9 +104,19 @@ class Metrics:
         self.queue_depth = Gauge("dgsnet_queue_depth", "Images decoded and not answered yet (queued, or in the batch being gathered or scored).", lock,
                                  read=queue_depth)
         self.ready = Gauge("dgsnet_ready", "1 once the model is loaded and warmed.", lock)
+        held = admission  # dgsnet_export.serve.admission.Admission: what the admitted requests hold
+        self.decoded = [
+            Gauge("dgsnet_decoded_images", "Images admitted and not answered yet (being decoded, queued or "
+                  "scored).", lock, read=lambda: held.images if held else 0),
+            Gauge("dgsnet_decoded_pixels", "Pixels (width x height, 3 bytes each decoded) of the admitted "
+                  "images.", lock, read=lambda: held.pixels if held else 0),
+            Gauge("dgsnet_decoded_pixels_peak", "The most dgsnet_decoded_pixels held at once since the start.",
+                  lock, read=lambda: held.peak_pixels if held else 0),
+            Gauge("dgsnet_decoded_pixels_limit", "The bound on dgsnet_decoded_pixels (--max-decoded-mp).", lock,
+                  read=lambda: held.max_pixels if held else 0)]
 
     def render(self) -> str:
         with self._lock:
             families = (self.requests, self.errors, self.images, self.latency, self.batch_size, self.queue_depth,
-                        self.ready)
+                        self.ready, *self.decoded)
             return "\n".join(line for family in families for line in family.lines()) + "\n"

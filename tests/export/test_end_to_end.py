@@ -220,12 +220,13 @@ def _graph_io(path, batched):
     return rows(model.graph.input), rows(model.graph.output)
 
 
-@pytest.mark.parametrize("variant", ["single", "batched"])
-def test_triton_config_parses_and_matches_the_onnx_file(variant, single, batched, tmp_path):
+@pytest.mark.parametrize("variant,precision", [("single", None), ("batched", None), ("batched", "fp16")])
+def test_triton_config_parses_and_matches_the_onnx_file(variant, precision, single, batched, tmp_path):
     from tritonclient.grpc import model_config_pb2 as pb
 
     path = (single if variant == "single" else batched)[0]
-    folder = write_triton_repo(path, tmp_path / "repo", name="dgsnet", max_batch_size=8)
+    options = {"precision": precision} if precision else {}
+    folder = write_triton_repo(path, tmp_path / "repo", name="dgsnet", max_batch_size=8, **options)
     assert folder == tmp_path / "repo" / "dgsnet"
     assert (folder / "1" / "model.onnx").read_bytes() == path.read_bytes()
     config = _parse_config(folder)
@@ -245,7 +246,9 @@ def test_triton_config_parses_and_matches_the_onnx_file(variant, single, batched
     (group,) = config.instance_group
     assert group.count == 1 and group.kind == pb.ModelInstanceGroup.KIND_GPU
     (accelerator,) = config.optimization.execution_accelerators.gpu_execution_accelerator
-    assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "FP16"
+    # FP32 unless asked: FP16 would run the graph's patch selection (DFT, entropy, TopK) in half precision
+    assert accelerator.name == "tensorrt" and \
+        accelerator.parameters["precision_mode"] == ("FP16" if precision == "fp16" else "FP32")
     assert config.parameters["intra_op_thread_count"].string_value == "0"
 
 
@@ -264,13 +267,21 @@ def test_triton_repo_is_replaced_whole_and_refuses_plain_exports(single, fp32_ex
         write_triton_repo(single[0], repo, name="../x")
 
 
-def test_readme_triton_client_uses_the_configs_names(single, tmp_path):
-    """The README's client example (not run: it needs a server) names the config's input and outputs."""
+def test_triton_config_refuses_an_unknown_precision(single, tmp_path):
+    with pytest.raises(ValueError, match="fp32, fp16"):
+        write_triton_repo(single[0], tmp_path / "repo", name="m", precision="int8")
+    assert not (tmp_path / "repo" / "m").exists()
+
+
+def test_readme_triton_client_uses_the_configs_names(batched, tmp_path):
+    """The README's client example (not run: it needs a server) names the config's input and outputs:
+    those of the batched model `dgsnet export --triton-repo` writes by default."""
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## One-file detector"):]
     section = section[:section.index("\n## ", 5)]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    config = _parse_config(write_triton_repo(single[0], tmp_path / "repo", name="detector"))
+    config = _parse_config(write_triton_repo(batched[0], tmp_path / "repo", name="detector"))
+    assert config.max_batch_size > 0 and config.input[0].name == "images"
     assert f'"{config.name}"' in code
     for name in [i.name for i in config.input] + [o.name for o in config.output if o.name != "logits"]:
         assert f'"{name}"' in code, name
@@ -284,12 +295,31 @@ def test_cli_refuses_contradicting_flags_before_exporting(run_dir, tmp_path, cap
 
     cases = [(["--end-to-end", "--with-preprocessing"], "give one of them"),
              (["--triton-repo", str(tmp_path / "r"), "--tensorrt"], "takes images of any size"),
-             (["--batched"], "apply to --end-to-end"),
-             (["--triton-repo", str(tmp_path / "r"), "--triton-max-batch", "4"], "needs --batched")]
+             (["--batched"], "applies to --end-to-end"),
+             (["--end-to-end", "--triton-precision", "fp16"], "apply to --triton-repo"),
+             (["--triton-repo", str(tmp_path / "r"), "--batched", "--triton-max-batch", "0"], "contradict")]
     for flags, message in cases:
         assert main(["export", "--ckpt", str(run_dir), "--out", str(tmp_path / "d.onnx"), *flags]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "d.onnx").exists() and not (tmp_path / "r").exists()
+
+
+def test_triton_repo_exports_the_batched_graph_unless_max_batch_is_0():
+    import argparse
+
+    from dgsnet.cli.deploy import _batched, add_export_parser
+
+    parser = argparse.ArgumentParser()
+    add_export_parser(parser.add_subparsers())
+
+    def batched(*flags):
+        return _batched(parser.parse_args(["export", "--ckpt", "run", "--out", "d.onnx", *flags]))
+
+    assert batched("--triton-repo", "repo") and batched("--triton-repo", "repo", "--triton-max-batch", "1")
+    assert not batched("--triton-repo", "repo", "--triton-max-batch", "0")  # the one-image model, on request
+    assert not batched("--end-to-end") and batched("--end-to-end", "--batched")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["export", "--ckpt", "run", "--out", "d.onnx", "--triton-precision", "int8"])
 
 
 @pytest.mark.slow
@@ -297,11 +327,14 @@ def test_cli_end_to_end_export_with_triton_repo(run_dir, tmp_path):
     from dgsnet.cli import main
 
     out = tmp_path / "det.onnx"
+    # the README's command: the batched graph, for Triton's dynamic batching, without --batched
     assert main(["export", "--ckpt", str(run_dir), "--out", str(out), "--triton-repo", str(tmp_path / "repo"),
-                 "--batched", "--triton-max-batch", "4"]) == 0
+                 "--triton-max-batch", "4"]) == 0
     record = json.loads(out.with_suffix(".export.json").read_text())
     assert record["end_to_end"]["images"] == len(e2e.verification_corpus()) and record["input_name"] == "images"
     assert record["triton_repo"] == str(tmp_path / "repo" / "det")
     config = _parse_config(tmp_path / "repo" / "det")
-    assert config.max_batch_size == 4 and config.input[0].name == "images"
+    assert config.max_batch_size == 4 and config.input[0].name == "images" and config.HasField("dynamic_batching")
+    (accelerator,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accelerator.parameters["precision_mode"] == "FP32"
     assert OnnxDetector(out).info.batched_images

@@ -99,7 +99,7 @@ def test_request_limits_answer_4xx_naming_the_flag(server, serve_images):
     assert (entry["status"], entry["error"]["kind"]) == (400, "bad_base64")
 
 
-def test_health_readiness_model_info_and_metrics(server, serve_model):
+def test_health_readiness_model_info_and_metrics(server, serve_model, serve_images):
     import onnx
 
     assert httpx.get(server.url + "/healthz").json() == {"status": "ok"}
@@ -111,7 +111,11 @@ def test_health_readiness_model_info_and_metrics(server, serve_model):
         (props["backbone"], float(props["threshold"]), int(props["opset"]))
     assert info["labels"] == dict(zip("01", json.loads(props["labels"])))
     assert info["limits"]["max_images"] == 8 and info["batching"]["max_batch"] == 8
+    first = _metrics(server)
+    # one scored image of its own, so the batch-size histogram does not depend on earlier tests
+    assert httpx.post(server.url + "/v1/detect", files=_files(serve_images[0][:1]), timeout=120).status_code == 200
     before = _metrics(server)
+    assert before["dgsnet_batch_size_count"] == first.get("dgsnet_batch_size_count", 0) + 1
     httpx.post(server.url + "/v1/detect", content=b"abc", headers={"content-type": "text/plain"})
     after = _metrics(server)
     key = 'dgsnet_errors_total{kind="unsupported_media_type"}'
@@ -145,13 +149,64 @@ def test_page_is_served_without_external_assets(server):
         assert external not in text
 
 
-def test_full_queue_answers_503_with_retry_after(serve_model, serve_images, tmp_path):
+def test_limits_a_request_could_never_fit_are_refused_at_startup(serve_model, tmp_path):
+    """A request is admitted whole or not at all: --max-images over --max-queue (or --max-decoded-mp under
+    --max-pixels) would make a 503 that retrying cannot cure, so the server does not start."""
+    from .conftest import ROOT, SERVE
+
+    for flags, names in [(["--max-images", "8", "--max-queue", "2"], ("--max-images 8", "--max-queue 2")),
+                         (["--max-pixels", "4", "--max-decoded-mp", "1"], ("--max-decoded-mp 1", "--max-pixels 4"))]:
+        result = subprocess.run([sys.executable, "-c", SERVE, str(ROOT / "export"), str(serve_model), "--port", "1",
+                                 *flags], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("dgsnet-serve: ") and all(n in lines[0] for n in names)
+
+
+def test_backlog_answers_503_and_bounds_the_decoded_pixels(serve_model, serve_images, predicted, tmp_path):
+    """Twelve concurrent one-image requests against room for 6 images or 0.6 MP, while the first batch
+    waits 3 s for company: the requests that do not fit get 503 with Retry-After before any of their
+    pixels is decoded, every other one 200 with dgsnet-predict's numbers; the pixels held never pass the
+    bound (the peak gauge), and everything is given back afterwards."""
     good, _ = serve_images
-    with running_server(serve_model, tmp_path, "--max-queue", "2", "--max-images", "8") as server:
-        response = httpx.post(server.url + "/v1/detect", files=_files(good[:3]), timeout=60)
-        assert response.status_code == 503 and int(response.headers["retry-after"]) >= 1
-        assert response.json()["error"]["kind"] == "queue_full" and "--max-queue" in response.json()["error"]["message"]
-        assert httpx.post(server.url + "/v1/detect", files=_files(good[:2]), timeout=60).status_code == 200
+    photos = [p for p in good if p.suffix in (".jpg", ".png") and p.stem[0].isdigit()][:4]  # 0.13-0.27 MP each
+    tiny = [p for p in good if p.name == "tiny.png"]  # 57x40: slots, not pixels, bind
+    # 2 tiny files and 10 photos: no 4 of these photos fit in 0.6 MP, so 6 slots never fill, pixels bind
+    plan = [tiny[0] if i % 6 == 0 else photos[i % len(photos)] for i in range(12)]
+    with running_server(serve_model, tmp_path, "--max-queue", "6", "--max-images", "1", "--max-batch", "8",
+                        "--max-wait-ms", "3000", "--max-pixels", "0.3", "--max-decoded-mp", "0.6") as server:
+        answers = [None] * len(plan)
+        barrier = threading.Barrier(len(plan))
+
+        def post(i):
+            barrier.wait()
+            answers[i] = httpx.post(server.url + "/v1/detect", files=_files([plan[i]]), timeout=120)
+
+        threads = [threading.Thread(target=post, args=(i,)) for i in range(len(plan))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        statuses = [a.status_code for a in answers]
+        assert set(statuses) <= {200, 503} and 503 in statuses and 200 in statuses, statuses
+        for path, answer in zip(plan, answers):
+            if answer.status_code == 503:
+                assert int(answer.headers["retry-after"]) >= 1
+                error = answer.json()["error"]
+                assert error["kind"] == "queue_full" and "--max-queue" in error["message"] \
+                    and "--max-decoded-mp" in error["message"]
+            else:
+                _check_scored(answer.json()["results"][0], predicted[path.name], path)
+        metrics = _metrics(server)
+        assert metrics["dgsnet_decoded_pixels_limit"] == 600_000
+        assert 0 < metrics["dgsnet_decoded_pixels_peak"] <= 600_000
+        assert metrics["dgsnet_decoded_pixels"] == 0 and metrics["dgsnet_decoded_images"] == 0  # all given back
+        assert metrics['dgsnet_errors_total{kind="queue_full"}'] == statuses.count(503)
+        print(f"\nbacklog: {statuses.count(200)} answered 200, {statuses.count(503)} 503; peak "
+              f"{metrics['dgsnet_decoded_pixels_peak']:.0f} of 600000 pixels")
+        retried = httpx.post(server.url + "/v1/detect", files=_files([photos[0]]), timeout=120)
+        assert retried.status_code == 200  # alive, and the room is free again
+        assert httpx.get(server.url + "/healthz").status_code == 200
 
 
 def test_micro_batches_then_graceful_shutdown(serve_model, serve_images, predicted, tmp_path):

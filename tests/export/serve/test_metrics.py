@@ -26,3 +26,25 @@ def test_render_is_the_exposition_format():
     assert "dgsnet_queue_depth 3" in lines
     waiting[0] = 0
     assert "dgsnet_queue_depth 0" in metrics.render().splitlines()
+
+
+def test_admission_gauges_follow_the_reservations():
+    from dgsnet_export.serve.admission import Admission
+
+    account = Admission(max_images=3, max_pixels=1000)
+    metrics = Metrics(admission=account)
+    first = account.try_reserve([400, 500])
+    assert first is not None and account.try_reserve([200]) is None  # 1100 pixels would pass the bound
+    assert account.try_reserve([50, 50]) is None  # 4 images would pass the bound
+    lines = metrics.render().splitlines()
+    assert "dgsnet_decoded_images 2" in lines and "dgsnet_decoded_pixels 900" in lines
+    assert "dgsnet_decoded_pixels_limit 1000" in lines
+    first.release()
+    first.release()  # once only
+    second = account.try_reserve([1000])
+    assert second is not None
+    second.release()
+    lines = metrics.render().splitlines()
+    assert "dgsnet_decoded_images 0" in lines and "dgsnet_decoded_pixels 0" in lines
+    assert "dgsnet_decoded_pixels_peak 1000" in lines
+    assert account.try_reserve([]) is not None  # a request of only unreadable files holds nothing
