@@ -10,11 +10,14 @@ Both selections are checked to give identical tiles before timing.
 Patch selection on the device (dgsnet.data.select_device.select_patches_torch, tiles checked
 identical to select_patches), a second table:
   torch cpu f64/f32     the 3 photos as one stacked uint8 batch, one thread, timed in the same rounds
-  torch cuda f32/f64    a batch of 64 on the GPU (uint8 already there; + normalisation), when CUDA is present
+  torch cuda float32/float64
+                        a batch of 64 on the GPU (uint8 already there; + normalisation), when CUDA is present
   nvjpeg decode         dgsnet.data.select_device.decode_jpeg_batch on the GPU, when CUDA is present
 and "CPU cores one GPU needs": GPU step images/s (bench/common.py dgs_step, ViT-L-14 batch 32 bf16,
 measured on CUDA; without a GPU an assumed constant, said so in the output) divided by the per-core
-images/s of the CPU pipeline, and of decoding alone when selection runs on the GPU.
+images/s of the CPU pipeline, and of decoding alone when selection runs on the GPU (whose float64
+selection, the trainer's, then adds its time to the GPU's step). Fields per size:
+cores_per_gpu_cpu_selection, cores_per_gpu_device_selection (--quick: 256 px only).
 
     python bench/bench_data.py [--quick] [--sizes 256,512,1024] [--repeats ROUNDS]
 """
@@ -147,8 +150,9 @@ def main(argv=None) -> None:
     step_rate, step_how = gpu_step_rate(args.quick)
     print(f"\nCPU cores one GPU needs (GPU step {step_rate:.0f} images/s, {step_how}):")
     for row in rows:
+        # the trainer's device selection: float64 entropies (dgsnet.train.trainer._entropy_dtype)
         gpu_select = [r["images_per_s"] for r in selection_rows
-                      if r["size"] == row["size"] and r["path"].startswith("torch cuda f32")]
+                      if r["size"] == row["size"] and r["path"].startswith("torch cuda float64")]
         # With selection on the GPU the CPU only decodes, and the GPU spends the selection's time too.
         rate = step_rate if not gpu_select else 1.0 / (1.0 / step_rate + 1.0 / gpu_select[0])
         row["cores_per_gpu_cpu_selection"] = step_rate / row["pipeline_images_per_s_per_core"]

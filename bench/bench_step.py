@@ -1,5 +1,6 @@
 """The whole stage-2 training step (images -> student and teacher features -> objective ->
-backward -> optimizer step): images/s and peak memory, side by side in one run.
+backward -> optimizer step): images/s and peak memory (GPU only: torch.cuda's peak allocation;
+"n/a (CPU)" on the CPU, where no allocator statistics exist), side by side in one run.
 
 Part 1, the step on pre-made tensors (same images, labels and captions for all):
   published       the structure of the published DGS-Net code, written here from its
@@ -23,20 +24,27 @@ Part 2, with data (a folder of JPEG photos, scikit-image's samples as crops; the
   data path cost per image, one thread: published (PIL decode, the published per-patch
   selection loop, shuffle + flip, ToTensor + Normalize) vs dgsnet's FolderDataset item
   dgsnet loop     the real train_dgs (StageTrainer.fit with its DataLoader, --workers) after a
-                  one-step stage 1, images/s from the trainer's own per-step records
-                  (--log-every 1) after warm-up steps; patches selected where --patch-selection
+                  one-step stage 1, images/s from the trainer's own log records at a realistic
+                  cadence: --log-every = --steps, so the device is read once per window as in a
+                  real run (--log-every 1 would force a host read every step and hide the cost of
+                  a per-step sync); the first window(s) (>= --warmup steps) are warm-up, the rate is
+                  that of the following window of --steps steps; patches selected where --patch-selection
                   auto puts them (the device on a GPU, the DataLoader workers on the CPU), and a
                   second row with the other site
   published loop  the published step fed by a DataLoader (same workers) over the published
-                  data path, images/s per step after the same warm-up
+                  data path, images/s per step after --warmup steps
 Ratios: dgsnet loop vs published loop (both with data paths), loop vs model-only (the loop's
-images/s over the feature step's on pre-made tensors), feature step vs floor. In the rows,
+images/s over the feature step's on pre-made tensors), feature step vs floor. The issue's three
+targets get a pass/fail line each (JSON `targets`, and the `*_pass` ratios): loop vs published loop
+>= 2.5; the loop within 1.2x of the model-only step (images/s ratio >= 1/1.2); feature step vs
+floor <= 1.05. In the rows,
 `x_published` is a speed-up (the published time over this one: > 1 is faster) and `x_floor` a
 cost (this time over the floor's: the feature step's target is <= 1.05).
 
 On a GPU the default model is ViT-L-14 (random init), batch 32 (the published batch), and
---max-batch also finds the largest batch that fits for the published, floor and feature
-steps (doubling until out of memory) and times them there.
+--max-batch also finds the largest batch that fits for the published, floor, none, feature,
+layer and both steps (doubling until out of memory, then bisection between the last batch that
+fitted and the first that did not, to a multiple of 8) and times them there.
 
     python bench/bench_step.py [--quick] [--device cpu|cuda] [--model dgs-small] [--batch 16]
                                [--steps N] [--no-compile] [--max-batch] [--workers W] [--out DIR]
@@ -362,12 +370,26 @@ def fits(make_step, device) -> bool:
         torch.cuda.empty_cache()
 
 
-def largest_batch(make_step_at, start: int, device, limit: int = 4096) -> int:
-    """Largest power-of-two multiple of `start` whose step fits in memory (0 if not even `start`)."""
+def largest_batch(make_step_at, start: int, device, limit: int = 4096, granularity: int = 1) -> int:
+    """Largest batch (<= limit) whose step fits in memory, 0 if not even `start`: doubling from
+    `start` until a batch fails, then bisection between the last that fitted and the first that
+    failed (or limit + 1), to a multiple of `granularity` (memory grows with the batch, so what
+    fits is a prefix). A multiple of `granularity` is returned unless only `start` itself fits."""
     batch, best = start, 0
     while batch <= limit and fits(lambda: make_step_at(batch), device):
         best, batch = batch, batch * 2
-    return best
+    if best == 0:
+        return 0
+    fail = min(batch, limit + 1)  # the smallest batch known not to fit (or not allowed)
+    lo = best  # fits
+    while True:
+        mid = ((lo + fail) // 2) // granularity * granularity
+        if mid <= lo:
+            return lo
+        if fits(lambda: make_step_at(mid), device):
+            lo = mid
+        else:
+            fail = mid
 
 
 def loop_rates(step_times: list[float], batch: int, warmup: int) -> float:
@@ -397,27 +419,39 @@ def published_loop(published: PublishedStep, dataset: PublishedData, batch: int,
     return loop_rates(times, batch, warmup)
 
 
+def loop_windows(steps: int, warmup: int) -> int:
+    """Log windows of `steps` steps dropped as warm-up: enough to cover `warmup` steps, at least one."""
+    return max(1, math.ceil(warmup / steps))
+
+
 def dgsnet_loop(data: str, work: str, args, device, batch: int, steps: int, warmup: int,
                 compile_encoder: bool, patch_selection: str = "auto") -> float:
-    """Images/s of the real train_dgs loop from its own per-step records (log.jsonl), patches
-    selected where --patch-selection says (auto: on a GPU the device, on the CPU the workers)."""
+    """Images/s of the real train_dgs loop from its own log records (log.jsonl), patches selected
+    where --patch-selection says (auto: on a GPU the device, on the CPU the workers).
+
+    --log-every is `steps`: the loss is read from the device once per window, as in a real run
+    (a read per step, --log-every 1, would synchronise every step and hide what a per-step sync
+    costs). The first loop_windows() windows are warm-up; the rate is the median of the others'
+    (one window of `steps` steps unless more were asked for)."""
     from dgsnet.train.config import TrainConfig
     from dgsnet.train.trainer import train_dgs, train_teacher
 
     common = dict(data=data, model=args.model, pretrained=None, batch_size=batch, workers=args.workers,
-                  device=device.type, log_every=1, ckpt_every=10 ** 6)
+                  device=device.type, log_every=steps, ckpt_every=10 ** 6)
+    skip = loop_windows(steps, warmup)
     teacher = os.path.join(work, "teacher")
     if not os.path.isdir(teacher):
         train_teacher(TrainConfig(out=teacher, max_steps=1, teacher_epochs=1, **common))
     out = os.path.join(work, f"dgs-{patch_selection}")
-    epochs = math.ceil((steps + warmup) * batch / max(1, len(os.listdir(os.path.join(data, "0_real"))) * 2))
-    train_dgs(TrainConfig(out=out, teacher=teacher, surgery="feature", max_steps=steps + warmup,
+    total = (skip + 1) * steps
+    epochs = math.ceil(total * batch / max(1, len(os.listdir(os.path.join(data, "0_real"))) * 2))
+    train_dgs(TrainConfig(out=out, teacher=teacher, surgery="feature", max_steps=total,
                           epochs=max(1, epochs), compile=compile_encoder, patch_selection=patch_selection,
                           **common))
     with open(os.path.join(out, "log.jsonl")) as fh:
         records = [json.loads(line) for line in fh]
     rates = [r["images_per_s"] for r in records if r.get("event") == "train" and r.get("stage") == 2]
-    rates = rates[warmup:] or rates
+    rates = rates[skip:] or rates
     return statistics.median(rates)
 
 
@@ -433,25 +467,36 @@ def data_path_costs(published_data: PublishedData, dgsnet_data, rounds: int, dev
     return {k: statistics.median(v) * 1e3 for k, v in samples.items()}
 
 
-def max_batch_rows(clip, spec, lora, model, start: int, device, amp, repeats: int) -> list[dict]:
-    """The largest batch that fits (doubling from `start`) for the published, floor and feature
-    steps, each timed there with its peak memory."""
+def max_batch_makers(clip, spec, lora, model, device, amp) -> dict:
+    """name -> (batch -> a step at that batch) for every step competitor of part 1 (uncompiled)."""
     dim = model.dim
+
+    def dgs(mode):
+        return lambda b: dgs_step(model, torch.optim.Adam(model.stage_parameters(2)),
+                                  *_inputs(b, device, dim), mode, amp=amp)
+
     makers = {"published": lambda b: PublishedStep(clip, spec, lora.rank, lora.alpha, lora.dropout,
                                                    device).step_fn(*_inputs(b, device, dim)[:2], ["a photo"] * b),
               "floor": lambda b: floor_step(model, torch.optim.Adam(model.stage_parameters(2)),
-                                            *_inputs(b, device, dim)[:2], amp=amp),
-              "feature": lambda b: dgs_step(model, torch.optim.Adam(model.stage_parameters(2)),
-                                            *_inputs(b, device, dim), "feature", amp=amp)}
+                                            *_inputs(b, device, dim)[:2], amp=amp)}
+    makers.update({mode: dgs(mode) for mode in MODES})
+    return makers
+
+
+def max_batch_rows(clip, spec, lora, model, start: int, device, amp, repeats: int,
+                   granularity: int = 8) -> list[dict]:
+    """The largest batch that fits (doubling from `start`, then bisection to a multiple of
+    `granularity`) for every step competitor, each timed there with its peak memory."""
     rows = []
-    for name, make in makers.items():
-        best = largest_batch(make, start, device)
+    for name, make in max_batch_makers(clip, spec, lora, model, device, amp).items():
+        best = largest_batch(make, start, device, granularity=granularity)
         row = {"part": "max_batch", "competitor": name, "batch": best}
         if best:
             step = make(best)
             seconds = time_call(step, device, warmup=2, repeats=repeats)
+            peak = peak_memory_bytes(step, device)
             row.update({"step_ms": seconds * 1e3, "images_per_s": best / seconds,
-                        "peak_mb": peak_memory_bytes(step, device) / 2 ** 20})
+                        "peak_mb": PEAK_NA if peak is None else peak / 2 ** 20})
             del step
             torch.cuda.empty_cache()
         rows.append(row)
@@ -472,7 +517,8 @@ def main(argv=None):
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                    help="also time dgsnet's steps with the image encoder compiled (torch.compile)")
     p.add_argument("--max-batch", action="store_true",
-                   help="GPU: also find the largest batch that fits (published, floor, feature) and time there")
+                   help="GPU: also find the largest batch that fits (published, floor, none, feature, layer, "
+                        "both) and time there")
     p.add_argument("--workers", type=int, default=None,
                    help="DataLoader workers of both loops (default: CPU 1, GPU 8)")
     p.add_argument("--images", type=int, default=None,
@@ -512,7 +558,8 @@ def main(argv=None):
     work = tempfile.mkdtemp(prefix="bench_step-")
     data = os.path.join(work, "data")
     # Enough photos for every loop step in one epoch: no DataLoader restart inside the timings.
-    count = args.images or max(16 if args.quick else 64, (steps + warmup + 1) * batch)
+    loop_steps = max(steps + warmup, (loop_windows(steps, warmup) + 1) * steps)
+    count = args.images or max(16 if args.quick else 64, (loop_steps + 1) * batch)
     paths, labels_list, captions_all = write_photo_folder(data, count, args.size)
     captions = captions_all[:batch]
     pub_data = PublishedData(paths, labels_list, captions_all)
@@ -572,7 +619,7 @@ def main(argv=None):
             row.update({"step_ms": times[name] * 1e3, "images_per_s": batch / times[name],
                         "x_published": times["published"] / times[name],
                         "x_floor": times[name] / times["floor"],
-                        "peak_mb": None if peaks[name] is None else peaks[name] / 2 ** 20})
+                        "peak_mb": PEAK_NA if peaks[name] is None else peaks[name] / 2 ** 20})
         rows.append(row)
     for r in rows:
         if "error" not in r:
@@ -621,6 +668,8 @@ def main(argv=None):
               "feature_vs_floor_target": 1.05,
               "feature_vs_published_step": times["published"] / times["feature"],
               "data_path_vs_published": costs["published"] / costs["dgsnet"]}
+    targets = target_checks(ratios)
+    ratios.update({f"{t['ratio']}_pass": t["pass"] for t in targets})
     if "feature+compile" in times:
         ratios["feature_compile_vs_floor_compile"] = (times["feature+compile"] / times["floor+compile"]
                                                       if "floor+compile" in times else None)
@@ -642,25 +691,53 @@ def main(argv=None):
                                  ["part", "competitor", "batch", "ms_per_image", "images_per_s",
                                   "x_published", "x_model_only", "step_ms", "peak_mb"])
     ratio_table = markdown_table([{"ratio": k, "value": v} for k, v in ratios.items()])
-    print(f"\n{args.model}, batch {batch}, {dev}\n\n{step_table}\n\n{other_table}\n\n{ratio_table}")
+    target_table = markdown_table(targets, ["target", "ratio", "value", "goal", "pass"])
+    print(f"\n{args.model}, batch {batch}, {dev}\n\n{step_table}\n\n{other_table}\n\n{ratio_table}"
+          f"\n\ntargets\n\n{target_table}")
 
     out_dir = results_dir(args, device)
     path = write_results(out_dir, "bench_step", rows,
                          {"device": dev, "model": args.model, "batch": batch, "steps": steps,
                           "warmup": warmup, "workers": args.workers, "quick": args.quick,
                           "threads": torch.get_num_threads(), "images": count, "image_size": args.size,
-                          "amp": str(amp), "compile": args.compile, "ratios": ratios,
+                          "amp": str(amp), "compile": args.compile, "ratios": ratios, "targets": targets,
+                          "loop_log_every": steps, "loop_warmup_windows": loop_windows(steps, warmup),
+                          "peak_mb": PEAK_NOTE,
                           "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
                           "lora": lora.to_dict()})
     from dgsnet.fileio import atomic_write
 
     atomic_write(os.path.join(out_dir, "bench_step.md"),
                  f"stage-2 training step, {args.model} (random init), batch {batch}, {dev}\n\n"
-                 f"{step_table}\n\n{other_table}\n\nratios\n\n{ratio_table}\n")
+                 f"{step_table}\n\n{other_table}\n\nratios\n\n{ratio_table}\n\ntargets\n\n{target_table}\n\n"
+                 f"peak_mb: {PEAK_NOTE}. dgsnet loop: --log-every {steps} (one device read per window), "
+                 f"{loop_windows(steps, warmup)} warm-up window(s) dropped.\n")
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)
     print(f"\nwrote {path}")
+
+
+#: What peak_mb is: allocator statistics exist on CUDA only (bench/common.py peak_memory_bytes).
+PEAK_NA = "n/a (CPU)"
+PEAK_NOTE = ("GPU only: torch.cuda.max_memory_allocated during one step above what was allocated before it; "
+             f"\"{PEAK_NA}\" on the CPU, which has no allocator statistics (a process-wide RSS would mix "
+             "the competitors of one process)")
+
+#: The issue's targets ("A training loop as fast as its model"): (name, ratio key, goal, comparison, bound).
+TARGETS = (("loop >= 2.5x the published loop", "loop_vs_published_loop", ">= 2.5", "ge", 2.5),
+           ("loop within 1.2x of the model-only step", "loop_vs_model_only", ">= 1/1.2 (0.833)", "ge", 1 / 1.2),
+           ("feature step <= 1.05x the floor", "feature_vs_floor", "<= 1.05", "le", 1.05))
+
+
+def target_checks(ratios: dict) -> list[dict]:
+    """One row per issue target: its ratio's value and whether it passes (None if not measured)."""
+    rows = []
+    for name, key, goal, how, bound in TARGETS:
+        value = ratios.get(key)
+        ok = None if value is None else bool(value >= bound if how == "ge" else value <= bound)
+        rows.append({"target": name, "ratio": key, "value": value, "goal": goal, "pass": ok})
+    return rows
 
 
 def _inputs(batch: int, device, dim: int):

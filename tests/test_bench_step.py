@@ -111,15 +111,75 @@ def test_published_tile_rejects_small_images(bench_step):
         bench_step.published_tile(Image.new("RGB", (200, 250)), random.Random(0))
 
 
-def test_largest_batch_doubles_until_out_of_memory(bench_step):
+def _fake_oom_steps(fits_up_to, tried=None):
     def make_step_at(batch):
         def step():
-            if batch > 100:  # what a too-large batch does on a GPU
+            if tried is not None:
+                tried.append(batch)
+            if batch > fits_up_to:  # what a too-large batch does on a GPU
                 raise torch.OutOfMemoryError(f"batch {batch} does not fit")
             return torch.zeros(batch)
         return step
+    return make_step_at
 
+
+def test_largest_batch_doubles_then_bisects(bench_step):
     cpu = torch.device("cpu")
-    assert bench_step.largest_batch(make_step_at, 8, cpu) == 64
+    make_step_at = _fake_oom_steps(100)
+    assert bench_step.largest_batch(make_step_at, 8, cpu) == 100  # 64 fits, 128 not: bisected to 100
+    assert bench_step.largest_batch(make_step_at, 8, cpu, granularity=8) == 96
     assert bench_step.largest_batch(make_step_at, 128, cpu) == 0
-    assert bench_step.largest_batch(make_step_at, 3, cpu, limit=20) == 12
+    assert bench_step.largest_batch(make_step_at, 3, cpu, limit=20) == 20  # never above the limit
+    assert bench_step.largest_batch(make_step_at, 100, cpu) == 100  # the start itself, nothing above
+    assert bench_step.largest_batch(_fake_oom_steps(10 ** 9), 8, cpu, limit=4096) == 4096
+    for fits_up_to in (1, 7, 31, 32, 33, 255):  # any boundary is found exactly
+        assert bench_step.largest_batch(_fake_oom_steps(fits_up_to), 1, cpu) == fits_up_to
+
+
+def test_largest_batch_bisection_tries_few_batches(bench_step):
+    tried = []
+    assert bench_step.largest_batch(_fake_oom_steps(300, tried), 32, torch.device("cpu"), granularity=8) == 296
+    batches = sorted(set(tried))
+    assert batches[:4] == [32, 64, 128, 256] and 512 in batches  # doubling, then between 256 and 512
+    assert len(batches) <= 5 + 5  # log2(256 / 8) probes of the bisection at most
+
+
+def test_max_batch_covers_every_step_competitor(bench_step, monkeypatch):
+    """The memory search runs for published, floor and each surgery mode; with a fake OOM (a CPU
+    stand-in for the GPU's) each gets its own largest batch, timed there."""
+    from dgsnet.models import BackboneSpec, LoRAConfig
+    from dgsnet.models.backbone import create_clip
+
+    spec = BackboneSpec("dgs-tiny", None)
+    clip = create_clip(spec)
+    lora = LoRAConfig()
+    cpu = torch.device("cpu")
+    model = bench_step.build_model(spec, clip, cpu)
+    makers = bench_step.max_batch_makers(clip, spec, lora, model, cpu, None)
+    assert list(makers) == ["published", "floor", "none", "feature", "layer", "both"]
+    for make in makers.values():  # each builds a runnable step
+        make(2)()
+    limits = {name: 2 + i for i, name in enumerate(makers)}
+
+    def fake_makers(*args):
+        return {name: _fake_oom_steps(limit) for name, limit in limits.items()}
+
+    monkeypatch.setattr(bench_step, "max_batch_makers", fake_makers)
+    monkeypatch.setattr(bench_step, "peak_memory_bytes", lambda fn, device: None)
+    rows = bench_step.max_batch_rows(clip, spec, lora, model, 1, cpu, None, repeats=1, granularity=1)
+    assert {r["competitor"]: r["batch"] for r in rows} == limits
+    assert all(r["step_ms"] > 0 for r in rows)
+
+
+def test_targets_pass_and_fail(bench_step):
+    rows = bench_step.target_checks({"loop_vs_published_loop": 2.5, "loop_vs_model_only": 0.8,
+                                     "feature_vs_floor": 1.04})
+    assert [(r["ratio"], r["pass"]) for r in rows] == [("loop_vs_published_loop", True),
+                                                        ("loop_vs_model_only", False),
+                                                        ("feature_vs_floor", True)]
+    rows = bench_step.target_checks({"loop_vs_model_only": 1 / 1.2, "feature_vs_floor": 1.06})
+    assert [r["pass"] for r in rows] == [None, True, False]
+
+
+def test_loop_is_measured_at_a_log_cadence(bench_step):
+    assert bench_step.loop_windows(12, 3) == 1 and bench_step.loop_windows(3, 7) == 3

@@ -17,8 +17,20 @@ permutation). `select_patches_torch` returns the same tiles, bit for bit, on the
    values are more than 4 `FAST_ENTROPY_TOL` apart; the other images (ties near a boundary: flat
    regions, mirrored patches of padded images) are re-scored by step 2.
 
-Costs: one host sync per call to find images in doubt (one more in float32 mode when some are);
-memory ~ 25 bytes per pixel of the batch in float64 (grey + spectrum), ~12 in float32: split
+Host reads: none while a batch is queued. `select_patches_queued` runs steps 1-3 on the device and
+returns a PendingTiles: patch counts come from the shapes (host data, copied from pinned memory),
+short rows are padded by a scatter to host-computed slots (a boolean mask would need its count read
+back), permutations and flips are checked on the host before their copy (a tensor already on an
+accelerator by a device-side assertion), normalisation constants are copied once per device. What
+the host cannot avoid knowing is, per image, whether step 2 must consult numpy (or, in float32
+mode, whether step 3 must re-rank): no device computation reproduces numpy's last-bit rounding, so
+these flags are copied to pinned memory behind the selection's kernels and `resolve()` reads them.
+The trainer resolves a batch only after queueing the next batch's selection, so the host waits for
+kernels queued before the previous step's and the device's queue never drains; images in doubt
+(rare) are then re-ranked with numpy and their tiles rebuilt. `select_patches_torch` resolves at
+once: on CUDA it waits for the flags every call (one wait; float32 mode a second one for a batch
+with images to re-rank, whose float64 re-ranking has flags of its own, hence the trainer's float64).
+Memory: ~25 bytes per pixel of the batch in float64 (grey + spectrum), ~12 in float32: split
 batches of very large images. The caller keeps the batch's images on one device.
 
 Decoding, EXIF rotation and augmentation stay on the CPU side (dgsnet.image.decode, dgsnet.data.augment);
@@ -117,15 +129,41 @@ def patch_entropy_torch(grey: torch.Tensor) -> torch.Tensor:
     return -((p * torch.log2(p + EPS)) * weight).sum(dim=(-2, -1))
 
 
-def _padded(values: torch.Tensor, counts: list[int], fill: float) -> torch.Tensor:
-    """Concatenated per-image values -> (N, max count), short rows filled with `fill`."""
-    if len(set(counts)) == 1:
-        return values.reshape(len(counts), counts[0])
-    out = values.new_full((len(counts), max(counts)), fill)
-    lengths = torch.tensor(counts, device=values.device)[:, None]
-    mask = torch.arange(max(counts), device=values.device)[None, :] < lengths
-    out[mask] = values
-    return out
+def _to_device(host: torch.Tensor, device) -> torch.Tensor:
+    """A host tensor on `device` with no host wait. A CUDA copy from ordinary (pageable) memory
+    waits for the device's queue to drain; from pinned memory it is queued behind it."""
+    device = torch.device(device)
+    if host.device == device:
+        return host
+    if device.type == "cuda" and host.device.type == "cpu":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
+
+
+class _Layout:
+    """The patch counts of a batch's images, known on the host (from the shapes), and their device
+    copies: counts on the device, and where each image's patches go in the (N, max count) table."""
+
+    def __init__(self, counts: list[int], device):
+        self.counts = counts
+        self.width = max(counts)
+        n = len(counts)
+        if len(set(counts)) == 1:
+            self.count_t = torch.full((n,), counts[0], dtype=torch.long, device=device)
+            self.slots = None
+        else:
+            self.count_t = _to_device(torch.tensor(counts, dtype=torch.long), device)
+            slots = np.concatenate([i * self.width + np.arange(c) for i, c in enumerate(counts)])
+            self.slots = _to_device(torch.from_numpy(slots), device)
+
+    def padded(self, values: torch.Tensor, fill) -> torch.Tensor:
+        """Concatenated per-image values -> (N, max count), short rows filled with `fill` (a scatter
+        to host-computed slots: a boolean mask would need its count read back from the device)."""
+        if self.slots is None:
+            return values.reshape(len(self.counts), self.width)
+        out = values.new_full((len(self.counts), self.width), fill)
+        out.view(-1).scatter_(0, self.slots, values)
+        return out
 
 
 def _boundaries(counts: torch.Tensor):
@@ -149,66 +187,115 @@ def _keys(entropy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return keys, doubt
 
 
-def _select_float64(entropy: torch.Tensor, counts: list[int], patch_rows) -> torch.Tensor:
-    """(N, 49) kept raster indices from float64 entropies of all patches (concatenated)."""
-    keys, doubt = _keys(entropy)
-    keys = _padded(keys, counts, _PAD_KEY)
-    doubt = _padded(doubt, counts, False)
-    count_t = torch.tensor(counts, device=entropy.device)
-    sorted_keys, order = torch.sort(keys, dim=1, stable=True)  # ties: lower raster index first
-    keep = _keep_from_order(order, count_t)
-    # A doubtful key can change the selection only within one step of a boundary key.
-    lo_a, lo_b, hi_d, hi_c = (sorted_keys.gather(1, pos) for pos in _boundaries(count_t))
-    near = ((keys >= lo_a - 1) & (keys <= lo_b + 1)) | ((keys >= hi_d - 1) & (keys <= hi_c + 1))
-    suspect = torch.nonzero((doubt & near).any(dim=1)).flatten().tolist()  # the one sync
-    if not suspect:
-        return keep
-    keep = keep.cpu()
-    for i in suspect:
-        # Recompute the doubtful keys with numpy's definition, then rank this image as numpy does.
-        row = keys[i, :counts[i]].cpu().numpy()
-        which = np.flatnonzero(doubt[i, :counts[i]].cpu().numpy())
-        exact = spectral_entropy(patch_rows(i, which))
-        row[which] = np.round(exact * _SCALE)  # same key as the rounding numpy ranks by, times 1e9
-        ranked = np.lexsort((np.arange(row.size), row))
-        keep[i] = torch.from_numpy(np.sort(np.concatenate([ranked[:N_LOW], ranked[row.size - N_HIGH:]])))
-    return keep.to(entropy.device)
+class _Float64Ranks:
+    """The float64 ranking of a batch, all on the device: kept indices, and per image whether a
+    doubtful key is within one step of a boundary key (`suspect`: only then can numpy rank otherwise)."""
+
+    def __init__(self, entropy: torch.Tensor, layout: _Layout):
+        keys, doubt = _keys(entropy)
+        self.keys, self.doubt, self.layout = layout.padded(keys, _PAD_KEY), layout.padded(doubt, False), layout
+        sorted_keys, order = torch.sort(self.keys, dim=1, stable=True)  # ties: lower raster index first
+        self.keep = _keep_from_order(order, layout.count_t)
+        lo_a, lo_b, hi_d, hi_c = (sorted_keys.gather(1, pos) for pos in _boundaries(layout.count_t))
+        keys = self.keys
+        near = ((keys >= lo_a - 1) & (keys <= lo_b + 1)) | ((keys >= hi_d - 1) & (keys <= hi_c + 1))
+        self.suspect = (self.doubt & near).any(dim=1)
+
+    def exact(self, rows, patch_rows) -> torch.Tensor:
+        """`keep` with the given (suspect) images re-ranked with numpy's keys for their doubtful
+        patches: reads those images' keys from the device (the host's part; rare)."""
+        counts = self.layout.counts
+        keep = self.keep.cpu()
+        for i in rows:
+            row = self.keys[i, :counts[i]].cpu().numpy()
+            which = np.flatnonzero(self.doubt[i, :counts[i]].cpu().numpy())
+            exact = spectral_entropy(patch_rows(i, which))
+            row[which] = np.round(exact * _SCALE)  # same key as the rounding numpy ranks by, times 1e9
+            ranked = np.lexsort((np.arange(row.size), row))
+            keep[i] = torch.from_numpy(np.sort(np.concatenate([ranked[:N_LOW], ranked[row.size - N_HIGH:]])))
+        return keep.to(self.keep.device)
 
 
-def _trusted_float32(entropy: torch.Tensor, counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _trusted_float32(entropy: torch.Tensor, layout: _Layout) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 49) kept indices by float32 entropies, and (N,) bool: no boundary within 4 tol."""
-    values = _padded(entropy.to(torch.float64), counts, float("inf"))
-    count_t = torch.tensor(counts, device=entropy.device)
+    values = layout.padded(entropy.to(torch.float64), float("inf"))
     sorted_values, order = torch.sort(values, dim=1, stable=True)
-    lo_a, lo_b, hi_d, hi_c = (sorted_values.gather(1, pos).squeeze(1) for pos in _boundaries(count_t))
+    lo_a, lo_b, hi_d, hi_c = (sorted_values.gather(1, pos).squeeze(1) for pos in _boundaries(layout.count_t))
     gap = 4 * FAST_ENTROPY_TOL  # each value within tol of the exact one, as numpy's fast pass
-    return _keep_from_order(order, count_t), (lo_b - lo_a > gap) & (hi_c - hi_d > gap)
+    return _keep_from_order(order, layout.count_t), (lo_b - lo_a > gap) & (hi_c - hi_d > gap)
+
+
+def _flags_to_host(flags: torch.Tensor):
+    """(host copy of `flags` once `event` has passed, event): a CUDA copy is queued into pinned
+    memory behind the kernels that compute the flags; elsewhere the tensor itself (event None)."""
+    if flags.device.type != "cuda":
+        return flags, None
+    host = torch.empty(flags.shape, dtype=flags.dtype, pin_memory=True)
+    host.copy_(flags, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(flags.device))
+    return host, event
+
+
+class _Staged:
+    """A batch's selection queued on the device: `keep` (N, 49), exact unless `flags` marks images
+    that the host must look at (`fix(rows)` -> the exact keep)."""
+
+    def __init__(self, keep, flags, fix, per_image, batch):
+        self.keep, self.fix, self.per_image, self.batch = keep, fix, per_image, batch
+        self.flags, self.event = _flags_to_host(flags)
+
+    def resolve(self) -> tuple[torch.Tensor, bool]:
+        """(the exact keep, changed?): waits for the flags' copy (queued at staging), reads them."""
+        if self.event is not None:
+            self.event.synchronize()
+        flags = self.flags if self.flags.device.type == "cpu" else self.flags.cpu()
+        rows = np.flatnonzero(flags.numpy())
+        if rows.size == 0:
+            return self.keep, False
+        return self.fix(rows.tolist()), True
 
 
 def _as_permutations(permutations, n_images: int, device) -> torch.Tensor | None:
+    """(N, 49) long permutations on `device`. Host input (a CPU tensor, arrays) is checked on the
+    host; a tensor already on an accelerator is checked there by a device-side assertion (no read)."""
     if permutations is None:
         return None
+    what = (f"permutations must be {n_images} permutations of range({N_SELECT}) (rng.permutation(49), as "
+            "dgsnet.image.preprocess.select_patches draws), or None per image")
     if isinstance(permutations, torch.Tensor):
-        perm = permutations.to(device=device, dtype=torch.long)
+        perm = permutations.to(dtype=torch.long)
     else:
         rows = list(permutations)
         if len(rows) != n_images:
             raise ValueError(f"permutations: {len(rows)} given for {n_images} images")
         perm = torch.stack([torch.arange(N_SELECT) if r is None else torch.as_tensor(np.asarray(r), dtype=torch.long)
-                            for r in rows]).to(device)
-    if perm.shape != (n_images, N_SELECT) or not bool((perm.sort(dim=1).values
-                                                        == torch.arange(N_SELECT, device=device)).all()):
-        raise ValueError(f"permutations must be {n_images} permutations of range({N_SELECT}) "
-                         "(rng.permutation(49), as dgsnet.image.preprocess.select_patches draws), or None per image")
-    return perm
+                            for r in rows])
+    if perm.shape != (n_images, N_SELECT):
+        raise ValueError(what)
+    if perm.device.type == "cpu":  # host data: checked with numpy, outside torch's dispatch
+        if not np.array_equal(np.sort(perm.numpy(), axis=1), np.broadcast_to(np.arange(N_SELECT), perm.shape)):
+            raise ValueError(what)
+    else:
+        torch._assert_async((perm.sort(dim=1).values == torch.arange(N_SELECT, device=perm.device)).all(), what)
+    return _to_device(perm, device)
+
+
+def _as_flips(flips, n_images: int, device) -> torch.Tensor:
+    if not isinstance(flips, torch.Tensor):
+        flips = torch.as_tensor(np.asarray(flips, dtype=bool))
+    if flips.shape != (n_images,):
+        raise ValueError(f"flips: expected {n_images} booleans (one per image), got shape {tuple(flips.shape)}")
+    return _to_device(flips.to(torch.bool), device)
 
 
 def select_indices_torch(images: Any, entropy_dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """(N, 49) raster indices (ascending) of the patches the definition keeps, on the images' device."""
-    return _select(images, entropy_dtype)[0]
+    return _stage(images, entropy_dtype).resolve()[0]
 
 
-def _select(images: Any, entropy_dtype: torch.dtype):
+def _stage(images: Any, entropy_dtype: torch.dtype) -> _Staged:
+    """Queues a batch's selection on its device; reads nothing back (see the module docstring)."""
     if entropy_dtype not in ENTROPY_DTYPES:
         raise ValueError(f"entropy_dtype={entropy_dtype}: choose torch.float64 or torch.float32")
     listed, stacked = _as_images(images)
@@ -220,23 +307,31 @@ def _select(images: Any, entropy_dtype: torch.dtype):
         batch = None
         per_image = [prepare_torch(x) for x in listed]
         grey = torch.cat([_grey(_patches(p), entropy_dtype) for p in per_image])
-    counts = [(p.shape[0] // PATCH) * (p.shape[1] // PATCH) for p in per_image]
+    device = per_image[0].device
+    layout = _Layout([(p.shape[0] // PATCH) * (p.shape[1] // PATCH) for p in per_image], device)
     entropy = patch_entropy_torch(grey)  # every patch of the batch in one FFT
 
     def patch_rows(i: int, which: np.ndarray) -> np.ndarray:
         return gather_patches(per_image[i].cpu().numpy(), which)
 
     if entropy_dtype == torch.float64:
-        keep = _select_float64(entropy, counts, patch_rows)
-    else:
-        keep, trusted = _trusted_float32(entropy, counts)
-        redo = torch.nonzero(~trusted).flatten().tolist()
-        if redo:  # ties near a boundary: rank those images by their float64 entropies
-            sub_grey = torch.cat([_grey(_patches(per_image[i]), torch.float64) for i in redo])
-            sub_keep = _select_float64(patch_entropy_torch(sub_grey), [counts[i] for i in redo],
-                                       lambda j, which: patch_rows(redo[j], which))
-            keep[torch.tensor(redo, device=keep.device)] = sub_keep
-    return keep, per_image, batch
+        ranks = _Float64Ranks(entropy, layout)
+        return _Staged(ranks.keep, ranks.suspect, lambda rows: ranks.exact(rows, patch_rows), per_image, batch)
+
+    keep32, trusted = _trusted_float32(entropy, layout)
+
+    def redo(rows: list[int]) -> torch.Tensor:
+        # ties near a boundary: rank those images by their float64 entropies (the float64 path,
+        # whose own doubt check is read at once: float32 mode pays a second wait for such batches)
+        sub_grey = torch.cat([_grey(_patches(per_image[i]), torch.float64) for i in rows])
+        sub = _Float64Ranks(patch_entropy_torch(sub_grey), _Layout([layout.counts[i] for i in rows], device))
+        sub_keep = _Staged(sub.keep, sub.suspect, lambda sub_rows: sub.exact(
+            sub_rows, lambda j, which: patch_rows(rows[j], which)), None, None).resolve()[0]
+        keep = keep32.clone()
+        keep[_to_device(torch.tensor(rows, dtype=torch.long), device)] = sub_keep
+        return keep
+
+    return _Staged(keep32, ~trusted, redo, per_image, batch)
 
 
 def training_draws(rng: np.random.Generator, flip_prob: float) -> tuple[np.ndarray, bool]:
@@ -245,6 +340,56 @@ def training_draws(rng: np.random.Generator, flip_prob: float) -> tuple[np.ndarr
     rng.random() < flip_prob. Pass them to select_patches_torch(permutations=, flips=)."""
     permutation = rng.permutation(N_SELECT)
     return permutation, bool(rng.random() < flip_prob)
+
+
+class PendingTiles:
+    """Tiles queued on the device (select_patches_queued). `tiles` are built from the device's
+    ranking and already equal the definition's unless an image is in doubt; `resolve()` waits for
+    the copy of the per-image doubt flags (queued with the selection), re-ranks the images in doubt
+    on the host, and returns the exact tiles."""
+
+    def __init__(self, staged: _Staged, build):
+        self._staged, self._build = staged, build
+        self.tiles = build(staged.keep)
+        self.rebuilt = False  # True once resolve() had to change the selection of an image
+
+    def resolve(self) -> torch.Tensor:
+        if self._staged is not None:
+            keep, self.rebuilt = self._staged.resolve()
+            if self.rebuilt:
+                self.tiles = self._build(keep)
+            self._staged = self._build = None
+        return self.tiles
+
+
+def select_patches_queued(images: Any, permutations=None, *, flips=None, entropy_dtype: torch.dtype = torch.float64,
+                          normalize: str | tuple | None = None) -> PendingTiles:
+    """select_patches_torch without any read from the device: the selection and its tiles are queued
+    and a PendingTiles returned; call its resolve() later (the trainer: one batch later, so the wait
+    is for kernels queued before the previous step's) for the tiles of the definition."""
+    staged = _stage(images, entropy_dtype)
+    n_images = staged.keep.shape[0]
+    device = staged.per_image[0].device
+    perm = _as_permutations(permutations, n_images, device)
+    flips = None if flips is None else _as_flips(flips, n_images, device)
+    per_image, batch = staged.per_image, staged.batch
+
+    def build(keep: torch.Tensor) -> torch.Tensor:
+        if perm is not None:
+            keep = keep.gather(1, perm)
+        if batch is not None:
+            rows = torch.arange(keep.shape[0], device=keep.device)[:, None]
+            chosen = _patches(batch)[rows, keep]  # (N, 49, 32, 32, 3)
+        else:
+            chosen = torch.stack([_patches(p)[k] for p, k in zip(per_image, keep)])
+        tiles = chosen.reshape(-1, GRID, GRID, PATCH, PATCH, 3).permute(0, 5, 1, 3, 2, 4).reshape(-1, 3, TILE, TILE)
+        if flips is not None:
+            tiles = torch.where(flips[:, None, None, None], tiles.flip(-1), tiles)
+        if normalize is None:
+            return tiles.contiguous()
+        return normalize_torch(tiles, normalize)
+
+    return PendingTiles(staged, build)
 
 
 def select_patches_torch(images: Any, permutations=None, *, flips=None, entropy_dtype: torch.dtype = torch.float64,
@@ -260,32 +405,16 @@ def select_patches_torch(images: Any, permutations=None, *, flips=None, entropy_
     entropy_dtype: torch.float64 (default) or torch.float32; the selection is the same.
     normalize: None -> (N, 3, 224, 224) uint8 tiles; "imagenet" / "clip" / (mean, std) ->
         float32 (x / 255 - mean) / std, bit-identical on the CPU to dgsnet.image.preprocess.normalize.
+
+    On CUDA this waits once for the batch's doubt flags (select_patches_queued defers that wait).
     """
-    keep, per_image, batch = _select(images, entropy_dtype)
-    perm = _as_permutations(permutations, keep.shape[0], keep.device)
-    if perm is not None:
-        keep = keep.gather(1, perm)
-    if batch is not None:
-        rows = torch.arange(keep.shape[0], device=keep.device)[:, None]
-        chosen = _patches(batch)[rows, keep]  # (N, 49, 32, 32, 3)
-    else:
-        chosen = torch.stack([_patches(p)[k] for p, k in zip(per_image, keep)])
-    tiles = chosen.reshape(-1, GRID, GRID, PATCH, PATCH, 3).permute(0, 5, 1, 3, 2, 4).reshape(-1, 3, TILE, TILE)
-    if flips is not None:
-        flips = torch.as_tensor(np.asarray(flips, dtype=bool) if not isinstance(flips, torch.Tensor) else flips,
-                                dtype=torch.bool, device=tiles.device)
-        if flips.shape != (tiles.shape[0],):
-            raise ValueError(f"flips: expected {tiles.shape[0]} booleans (one per image), "
-                             f"got shape {tuple(flips.shape)}")
-        tiles = torch.where(flips[:, None, None, None], tiles.flip(-1), tiles)
-    if normalize is None:
-        return tiles.contiguous()
-    return normalize_torch(tiles, normalize)
+    return select_patches_queued(images, permutations, flips=flips, entropy_dtype=entropy_dtype,
+                                 normalize=normalize).resolve()
 
 
-def normalize_torch(tiles: torch.Tensor, norm: str | tuple = "imagenet") -> torch.Tensor:
-    """(N, 3, H, W) uint8 -> float32 (x / 255 - mean) / std with dgsnet.image.preprocess.normalize's
-    float32 constants and its two roundings (multiply, then add), so the CPU result is bit-identical."""
+def _norm_constants(norm, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, bias) as (3, 1, 1) float32 on `device`: built on the host and copied once per device
+    and norm (cached), so normalising a batch copies nothing."""
     if isinstance(norm, str):
         if norm not in NORMS:
             raise ValueError(f"normalize={norm!r}: choose one of {', '.join(sorted(NORMS))}, or give (mean, std)")
@@ -293,9 +422,21 @@ def normalize_torch(tiles: torch.Tensor, norm: str | tuple = "imagenet") -> torc
     else:
         mean, std = norm
     std64 = np.asarray(std, dtype=np.float64)
-    scale = torch.from_numpy((1.0 / (255.0 * std64)).astype(np.float32)).to(tiles.device)[:, None, None]
+    scale = (1.0 / (255.0 * std64)).astype(np.float32)
     bias = (-np.asarray(mean, dtype=np.float64) / std64).astype(np.float32)
-    bias = torch.from_numpy(bias).to(tiles.device)[:, None, None]
+    key = (str(torch.device(device)), scale.tobytes(), bias.tobytes())
+    if key not in _NORM_CACHE:
+        _NORM_CACHE[key] = tuple(_to_device(torch.from_numpy(v.copy())[:, None, None], device) for v in (scale, bias))
+    return _NORM_CACHE[key]
+
+
+_NORM_CACHE: dict = {}
+
+
+def normalize_torch(tiles: torch.Tensor, norm: str | tuple = "imagenet") -> torch.Tensor:
+    """(N, 3, H, W) uint8 -> float32 (x / 255 - mean) / std with dgsnet.image.preprocess.normalize's
+    float32 constants and its two roundings (multiply, then add), so the CPU result is bit-identical."""
+    scale, bias = _norm_constants(norm, tiles.device)
     out = tiles.to(torch.float32) * scale
     out += bias
     return out
@@ -387,6 +528,6 @@ def decode_jpeg_batch(data: Sequence[bytes], device: str | torch.device = "cuda"
     return [torch.from_numpy(load_rgb(d)).to(device) for d in data]
 
 
-__all__ = ["ENTROPY_DTYPES", "KEY_DOUBT", "decode_jpeg_batch", "normalize_torch",
+__all__ = ["ENTROPY_DTYPES", "KEY_DOUBT", "PendingTiles", "decode_jpeg_batch", "normalize_torch",
            "patch_entropy_torch", "prepare_torch", "select_indices_torch", "select_patches_device",
-           "select_patches_torch", "training_draws"]
+           "select_patches_queued", "select_patches_torch", "training_draws"]

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dgsnet.progress import reporter as progress_reporter
 from dgsnet.data.dataset import FolderDataset, Unselected, collate, collate_unselected, worker_init
-from dgsnet.data.select_device import decode_jpegs_on, select_patches_torch
+from dgsnet.data.select_device import PendingTiles, decode_jpegs_on, select_patches_queued
 from dgsnet.device import resolve_device
 from dgsnet.models import CaptionFeatureCache, DGSNetModel
 from dgsnet.models import checkpoint as ckpt
@@ -169,9 +169,11 @@ def patch_selection_site(cfg: TrainConfig, device: torch.device, dataset: Datase
 
 
 def _entropy_dtype(device: torch.device) -> torch.dtype:
-    # float32 spectra are the fast path on a GPU (images near a tie are re-ranked in float64, so the
-    # selection is the same); on the CPU float64 costs about as much and needs no re-ranking
-    return torch.float32 if device.type == "cuda" else torch.float64
+    """float64 everywhere: its ranking needs the host only for images with a doubtful key near a
+    boundary, read one batch late (Trainer._staged). float32 (numpy's fast pass) would re-rank the
+    images with ties near a boundary, which the host learns of by a read: a second wait per such
+    batch, and padded images (mirrored patches) often have them."""
+    return torch.float64
 
 
 def build_dataset(cfg: TrainConfig, train: bool = True) -> Dataset:
@@ -362,10 +364,35 @@ class StageTrainer:
                             pin_memory=self.device.type == "cuda", generator=gen, **extra)
         return loader, batches
 
-    def _model_inputs(self, images, paths) -> tuple[torch.Tensor, list[bool] | None]:
+    def _staged(self, loader):
+        """The loader's batches, each as (batch, (model inputs, kept)) (None, None for a None batch).
+        With --patch-selection device, batch k+1's selection is queued before batch k is handed out
+        and batch k's doubt flags are read then: the host waits only for kernels queued before the
+        previous step's, so the device's queue never drains (one batch's tiles are held ahead)."""
+        if self.selection != "device":
+            for batch in loader:
+                yield batch, None if batch is None else self._model_inputs(batch[0], batch[3])
+            return
+        ahead = None
+        for batch in loader:
+            staged = batch, None if batch is None else self._model_inputs(batch[0], batch[3])
+            if ahead is not None:
+                yield self._resolved(*ahead)
+            ahead = staged
+        if ahead is not None:
+            yield self._resolved(*ahead)
+
+    @staticmethod
+    def _resolved(batch, inputs):
+        if inputs is not None and isinstance(inputs[0], PendingTiles):
+            inputs = inputs[0].resolve(), inputs[1]
+        return batch, inputs
+
+    def _model_inputs(self, images, paths) -> tuple[torch.Tensor | PendingTiles, list[bool] | None]:
         """(a batch's images on the device, normalised; which of the batch's items they are, None for
         all). With --patch-selection device, the tiles of the batch's pixels selected there (the same
-        bits as the workers' numpy selection); with --jpeg-decoder device, JPEGs decoded there first."""
+        bits as the workers' numpy selection), queued: a PendingTiles to resolve() before use; with
+        --jpeg-decoder device, JPEGs decoded there first."""
         if not isinstance(images, Unselected):
             return images.to(self.device, non_blocking=True), None
         kept = None
@@ -390,9 +417,9 @@ class StageTrainer:
         if kept is not None:
             mask = torch.tensor(kept)
             orders, flips = orders[mask], flips[mask]
-        tiles = select_patches_torch(pixels, orders.to(self.device, non_blocking=True),
-                                     flips=flips.to(self.device, non_blocking=True),
-                                     entropy_dtype=_entropy_dtype(self.device), normalize=self.dataset.norm)
+        # permutations and flips go as host tensors: checked there, then copied from pinned memory
+        tiles = select_patches_queued(pixels, orders, flips=flips, entropy_dtype=_entropy_dtype(self.device),
+                                      normalize=self.dataset.norm)
         return tiles, kept
 
     def _decode_refused(self, path: str) -> torch.Tensor | None:
@@ -499,12 +526,12 @@ class StageTrainer:
                 if hasattr(self.dataset, "set_epoch"):
                     self.dataset.set_epoch(self.epoch)
                 batches.start(self.epoch, self.batch_in_epoch)
-                for batch in loader:
+                for batch, inputs in self._staged(loader):
                     self.batch_in_epoch += 1
                     if batch is None:
                         continue
-                    images, labels, captions, paths = batch
-                    images, kept = self._model_inputs(images, paths)
+                    _, labels, captions, paths = batch
+                    images, kept = inputs
                     if kept is not None:  # images neither JPEG decoder could read: dropped, as the workers do
                         labels = labels[torch.tensor(kept)]
                         captions = [c for c, k in zip(captions, kept) if k]

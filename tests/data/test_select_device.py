@@ -8,7 +8,7 @@ import torch
 from dgsnet.data import select_device
 from dgsnet.data.select_device import (decode_jpeg_batch, normalize_torch, patch_entropy_torch, prepare_torch,
                                        select_indices_torch, select_patches_device, select_patches_torch)
-from dgsnet.image.preprocess import (FAST_ENTROPY_TOL, normalize, prepare_image, select_patches,
+from dgsnet.image.preprocess import (FAST_ENTROPY_TOL, NORMS, normalize, prepare_image, select_patches,
                                      select_patches_loop, spectral_entropy)
 
 DTYPES = [torch.float64, torch.float32]
@@ -243,6 +243,86 @@ def test_decode_falls_back_to_the_cpu_decoder():
     np.testing.assert_array_equal(got.numpy(), load_rgb(buffer.getvalue()))
 
 
+# ------------------------------------------------------------------------------ no reads from the device
+
+# aten ops whose result the host must read on CUDA (a scalar, or a data-dependent output size)
+_READS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique", "_unique2",
+          "unique_consecutive", "unique_dim"}
+
+
+class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records every aten op that, on a CUDA tensor, would wait for the device to read a value back:
+    .item()/bool()/.tolist() (_local_scalar_dense), nonzero, boolean-mask indexing (index/index_put
+    with a bool index, which nonzero backs), repeat_interleave without output_size."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        if name in _READS:
+            self.reads.append(name)
+        elif name in ("index", "index_put", "index_put_", "_index_put_impl_"):
+            indices = args[1] if len(args) > 1 else kwargs.get("indices", ())
+            if any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices):
+                self.reads.append(f"{name} (boolean mask)")
+        elif name == "repeat_interleave" and kwargs.get("output_size") is None:
+            self.reads.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def _training_like_batch(seed, mixed):
+    rng = np.random.default_rng(seed)
+    images = list(cases(seed).values()) if mixed else [textured(rng, 300, 260) for _ in range(4)]
+    seeds = [100 + i for i in range(len(images))]  # select_patches(image, seed) draws this permutation
+    perms = torch.as_tensor(np.stack([np.random.default_rng(s).permutation(49) for s in seeds]))
+    flips = torch.tensor([i % 2 == 0 for i in range(len(images))])
+    tensors = [torch.from_numpy(x) for x in images]
+    return images, (tensors if mixed else torch.stack(tensors)), perms, flips, seeds
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["stacked", "mixed-sizes"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_queued_selection_reads_nothing_back(mixed, dtype):
+    """select_patches_queued (the trainer's per-step call) runs no op that needs a device value on the
+    host; resolve() (one batch later in the trainer) then gives exactly the numpy tiles."""
+    images, batch, perms, flips, seeds = _training_like_batch(7, mixed)
+    with _HostReads() as mode:
+        pending = select_device.select_patches_queued(batch, perms, flips=flips, entropy_dtype=dtype,
+                                                      normalize="clip")
+    assert mode.reads == []
+    got = pending.resolve()
+    assert got.dtype == torch.float32 and got.shape == (len(images), 3, 224, 224)
+    for image, seed, flip, tile in zip(images, seeds, flips.tolist(), got):
+        want = select_patches(image, seed)
+        want = np.ascontiguousarray(want[:, ::-1] if flip else want)
+        np.testing.assert_array_equal(tile.numpy(), normalize(want, *NORMS["clip"]))
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["stacked", "mixed-sizes"])
+def test_queued_selection_runs_on_the_meta_device(mixed):
+    """On the meta device (shapes without data) any read of a value raises: staging a whole batch
+    there proves the per-step path never needs one (resolve(), one batch later, reads the flags)."""
+    _, batch, perms, flips, _ = _training_like_batch(8, mixed)
+    meta = batch.to("meta") if isinstance(batch, torch.Tensor) else [x.to("meta") for x in batch]
+    pending = select_device.select_patches_queued(meta, perms, flips=flips, entropy_dtype=torch.float64,
+                                                  normalize="imagenet")
+    assert pending.tiles.device.type == "meta" and pending.tiles.shape == (len(perms), 3, 224, 224)
+    with pytest.raises((NotImplementedError, RuntimeError)):  # the check itself detects a read
+        pending.tiles.sum().item()
+
+
+def test_doubtful_images_are_rebuilt_at_resolve(monkeypatch):
+    """Every key doubtful: resolve() re-ranks the suspect images on the host and rebuilds the tiles."""
+    monkeypatch.setattr(select_device, "KEY_DOUBT", 1e-9)
+    images = list(cases(3).values())
+    pending = select_device.select_patches_queued([torch.from_numpy(x) for x in images])
+    assert_same_as_numpy(images, pending.resolve())
+    assert pending.rebuilt and pending.resolve() is pending.tiles  # resolving again changes nothing
+
+
 # ------------------------------------------------------------------------------ CUDA
 
 @needs_cuda
@@ -282,3 +362,24 @@ def test_cuda_jpeg_decoding_is_close_to_libjpeg():
     assert got.is_cuda and got.shape == (300, 200, 3) and got.dtype == torch.uint8
     diff = np.abs(got.cpu().numpy().astype(int) - load_rgb(buffer.getvalue()).astype(int))
     assert diff.mean() < 1.0 and diff.max() <= 8  # nvjpeg's IDCT/upsampling differ from libjpeg by a few levels
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("mixed", [False, True], ids=["stacked", "mixed-sizes"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_queued_selection_does_not_synchronise(mixed, dtype):
+    """torch.cuda's sync debug mode raises on any synchronising call: queueing a batch makes none;
+    resolve() (an event wait on the flags' pinned copy) then gives the CPU's tiles."""
+    images, batch, perms, flips, _ = _training_like_batch(9, mixed)
+    on_gpu = batch.cuda() if isinstance(batch, torch.Tensor) else [x.cuda() for x in batch]
+    select_device.select_patches_queued(on_gpu, perms, flips=flips, normalize="clip").resolve()  # warm caches
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        pending = select_device.select_patches_queued(on_gpu, perms, flips=flips, entropy_dtype=dtype,
+                                                      normalize="clip")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    want = select_patches_torch(batch, perms, flips=flips, normalize="clip")
+    assert torch.equal(pending.resolve().cpu(), want)

@@ -1,7 +1,9 @@
 """The training loop reads nothing from the device between log lines: loss terms stay on the device
 until a log line (or a checkpoint, a validation pass) is due, and are then exactly what a read per
 step gave; a non-finite loss still stops the run, naming its step and batch, before any checkpoint
-holds its weights. DataLoader workers persist across epochs and still see each epoch's number."""
+holds its weights. DataLoader workers (started anew each epoch: persistent_workers=False) see each
+epoch's number. On a GPU (gpu-marked), the number of synchronisations does not grow with the steps,
+also with the patch selection on the device (--patch-selection device)."""
 import json
 import math
 import os
@@ -171,6 +173,17 @@ def test_workers_see_every_epoch(tmp_path, data, teacher_dir):
 
 # ---------------------------------------------------------------- GPU: no synchronisation per step
 
+def _sync_warnings(cfg, data) -> int:
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train_dgs(cfg, data) if data is not None else train_dgs(cfg)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 @pytest.mark.gpu
 def test_no_device_synchronisation_per_step(tmp_path, data):
     """Synchronisations (torch.cuda's sync debug mode warns on each) do not grow with the number of
@@ -183,14 +196,45 @@ def test_no_device_synchronisation_per_step(tmp_path, data):
     for steps in (2, 6):
         cfg = TrainConfig(**{**BASE, "lora_dropout": 0.0}, out=str(tmp_path / f"s{steps}"), teacher=teacher,
                           device="cuda", amp="off", max_steps=steps, log_every=1000)
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                train_dgs(cfg, data)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        counts[steps] = sum("synchroniz" in str(w.message) for w in caught)
+        counts[steps] = _sync_warnings(cfg, data)
+    assert counts[6] == counts[2], counts
+
+
+def _folder(root, sizes) -> str:
+    """A folder dataset of 24 images per class, of the given sizes in turn."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.data.test_select_device import textured
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    for label in (0, 1):
+        sub = root / ("0_real", "1_fake")[label]
+        sub.mkdir()
+        for i in range(24):
+            h, w = sizes[(i + label) % len(sizes)]
+            Image.fromarray(textured(rng, h, w)).save(sub / f"{i}.png")
+    return str(root)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("same_size", [True, False], ids=["stacked", "mixed-sizes"])
+def test_no_synchronisation_per_step_with_device_patch_selection(tmp_path, same_size):
+    """--patch-selection device: the selection queued each step reads nothing back (its doubt flags
+    are copied to pinned memory and read one batch later, an event wait that leaves the previous
+    step queued); 4 more steps add no synchronisation. Same-size batches take the stacked path."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    sizes = [(256, 256)] if same_size else [(224, 224), (257, 311), (100, 57), (300, 240)]
+    folder = _folder(tmp_path / "data", sizes)
+    common = dict(BASE, batch_size=4, data=folder, device="cuda", amp="off", patch_selection="device",
+                  lora_dropout=0.0)
+    teacher = str(tmp_path / "t")
+    train_teacher(TrainConfig(**common, out=teacher, teacher_epochs=1))
+    counts = {steps: _sync_warnings(TrainConfig(**common, out=str(tmp_path / f"s{steps}"), teacher=teacher,
+                                                max_steps=steps, log_every=1000), None)
+              for steps in (2, 6)}
     assert counts[6] == counts[2], counts
 
 
