@@ -33,6 +33,11 @@ Part 2, with data (a folder of JPEG photos, scikit-image's samples as crops; the
                   second row with the other site
   published loop  the published step fed by a DataLoader (same workers) over the published
                   data path, images/s per step after --warmup steps
+The two loops take turns, --loop-rounds times (default 3; --quick 1), and part 1's steps take
+turns in --rounds rounds (default 5); a rate is the median over its rounds, and the two paired
+ratios (dgsnet loop vs published loop, feature vs floor) are medians of the ratios within each
+round, also listed per round (`*_rounds`): on a shared machine a load change between two
+competitors' runs then does not read as a difference between them.
 Ratios: dgsnet loop vs published loop (both with data paths), loop vs model-only (the loop's
 images/s over the feature step's on pre-made tensors), feature step vs floor. The issue's three
 targets get a pass/fail line each (JSON `targets`, and the `*_pass` ratios): loop vs published loop
@@ -425,7 +430,7 @@ def loop_windows(steps: int, warmup: int) -> int:
 
 
 def dgsnet_loop(data: str, work: str, args, device, batch: int, steps: int, warmup: int,
-                compile_encoder: bool, patch_selection: str = "auto") -> float:
+                compile_encoder: bool, patch_selection: str = "auto", run: int = 0) -> float:
     """Images/s of the real train_dgs loop from its own log records (log.jsonl), patches selected
     where --patch-selection says (auto: on a GPU the device, on the CPU the workers).
 
@@ -442,7 +447,7 @@ def dgsnet_loop(data: str, work: str, args, device, batch: int, steps: int, warm
     teacher = os.path.join(work, "teacher")
     if not os.path.isdir(teacher):
         train_teacher(TrainConfig(out=teacher, max_steps=1, teacher_epochs=1, **common))
-    out = os.path.join(work, f"dgs-{patch_selection}")
+    out = os.path.join(work, f"dgs-{patch_selection}-{run}")  # a fresh run folder per round
     total = (skip + 1) * steps
     epochs = math.ceil(total * batch / max(1, len(os.listdir(os.path.join(data, "0_real"))) * 2))
     train_dgs(TrainConfig(out=out, teacher=teacher, surgery="feature", max_steps=total,
@@ -524,6 +529,10 @@ def main(argv=None):
     p.add_argument("--images", type=int, default=None,
                    help="JPEG photos in the data folder (default: enough for one epoch of the loops)")
     p.add_argument("--size", type=int, default=384, help="side of the JPEG photos (>= 224)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="rounds in which part 1's steps take turns (default 5; --quick 1)")
+    p.add_argument("--loop-rounds", type=int, default=None,
+                   help="rounds in which the published and dgsnet loops take turns (default 3; --quick 1)")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     set_threads(args.threads, device)
@@ -541,7 +550,10 @@ def main(argv=None):
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     args.workers = args.workers if args.workers is not None else (8 if gpu else 1)
     repeats = args.repeats or (2 if args.quick else 5)
-    rounds = 1 if args.quick else 5
+    rounds = args.rounds or (1 if args.quick else 5)
+    loop_rounds = args.loop_rounds or (1 if args.quick else 3)
+    if rounds < 1 or loop_rounds < 1:
+        p.error("--rounds and --loop-rounds must be at least 1")
     amp = torch.bfloat16 if gpu else None
     dev = device_name(device)
 
@@ -607,7 +619,8 @@ def main(argv=None):
             failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
             print(f"{name} failed: {failed[name]}", flush=True)
             del arms[name]
-    times = interleaved_times(arms, device, repeats, rounds)
+    per_round: dict[str, list[float]] = {}
+    times = interleaved_times(arms, device, repeats, rounds, per_round)
     peaks = {name: peak_memory_bytes(fn, device) for name, fn in arms.items()}
     rows = []
     for name in [*arms, *failed]:
@@ -641,8 +654,14 @@ def main(argv=None):
           f"dgsnet {costs['dgsnet']:.2f} ms", flush=True)
 
     loop_compile = args.compile and gpu and "feature+compile" in arms
-    pub_rate = published_loop(published, pub_data, batch, args.workers, steps, warmup, device)
-    dgs_rate = dgsnet_loop(data, work, args, device, batch, steps, warmup, loop_compile)
+    # The two loops take turns (--loop-rounds times), and their ratio is the median of the rounds'
+    # ratios: a load change on a shared machine then hits both alike.
+    pub_rates, dgs_rates = [], []
+    for run in range(loop_rounds):
+        pub_rates.append(published_loop(published, pub_data, batch, args.workers, steps, warmup, device))
+        dgs_rates.append(dgsnet_loop(data, work, args, device, batch, steps, warmup, loop_compile, run=run))
+    pub_rate, dgs_rate = statistics.median(pub_rates), statistics.median(dgs_rates)
+    loop_ratio = statistics.median(d / p for d, p in zip(dgs_rates, pub_rates))
     # the other patch-selection site than auto's (auto: the device on a GPU, the workers on the CPU)
     other = "cpu" if gpu else "device"
     other_rate = dgsnet_loop(data, work, args, device, batch, steps, warmup, loop_compile, other)
@@ -662,9 +681,13 @@ def main(argv=None):
                  "batch": batch, "workers": args.workers, "images_per_s": other_rate,
                  "x_published": other_rate / pub_rate, "x_model_only": other_rate / model_only,
                  "patch_selection": other})
-    ratios = {"loop_vs_published_loop": dgs_rate / pub_rate,
+    # feature vs floor: the median of the rounds' paired ratios (both timed back to back each round)
+    floor_ratios = [f / g for f, g in zip(per_round["feature"], per_round["floor"])]
+    ratios = {"loop_vs_published_loop": loop_ratio,
+              "loop_vs_published_loop_rounds": [d / p for d, p in zip(dgs_rates, pub_rates)],
               "loop_vs_model_only": dgs_rate / model_only,
-              "feature_vs_floor": times["feature"] / times["floor"],
+              "feature_vs_floor": statistics.median(floor_ratios),
+              "feature_vs_floor_rounds": floor_ratios,
               "feature_vs_floor_target": 1.05,
               "feature_vs_published_step": times["published"] / times["feature"],
               "data_path_vs_published": costs["published"] / costs["dgsnet"]}
@@ -690,7 +713,8 @@ def main(argv=None):
     other_table = markdown_table([r for r in rows if r["part"] != "step"],
                                  ["part", "competitor", "batch", "ms_per_image", "images_per_s",
                                   "x_published", "x_model_only", "step_ms", "peak_mb"])
-    ratio_table = markdown_table([{"ratio": k, "value": v} for k, v in ratios.items()])
+    ratio_table = markdown_table([{"ratio": k, "value": ", ".join(f"{x:.4g}" for x in v) if isinstance(v, list) else v}
+                                  for k, v in ratios.items()])
     target_table = markdown_table(targets, ["target", "ratio", "value", "goal", "pass"])
     print(f"\n{args.model}, batch {batch}, {dev}\n\n{step_table}\n\n{other_table}\n\n{ratio_table}"
           f"\n\ntargets\n\n{target_table}")

@@ -82,10 +82,12 @@ def time_call(fn: Callable[[], object], device, warmup: int = 3, repeats: int = 
 
 
 def interleaved_times(fns: dict[str, Callable[[], object]], device, repeats: int,
-                      rounds: int) -> dict[str, float]:
+                      rounds: int, samples: dict[str, list[float]] | None = None) -> dict[str, float]:
     """Median over `rounds` of each competitor's median time, the competitors taking turns,
-    so load changes on a shared machine hit every competitor alike."""
-    samples = {name: [] for name in fns}
+    so load changes on a shared machine hit every competitor alike. `samples`, when given, is
+    filled with each competitor's time per round (for ratios paired within a round)."""
+    samples = {} if samples is None else samples
+    samples.update({name: [] for name in fns})
     for name, fn in fns.items():  # warm-up (and torch.compile) outside the timed rounds
         time_call(fn, device, warmup=3, repeats=1)
     for _ in range(rounds):
