@@ -193,3 +193,41 @@ def test_old_checkpoints_load_with_the_behaviour_they_were_trained_with(tmp_path
     assert loaded.lora_config.scaling == "linear" and loaded.lora_config.dropout_masks == "shared"
     assert lora_modules(loaded.visual)[0].scale == 1.0
     assert LoRAConfig().scaling == "sqrt" and LoRAConfig().dropout_masks == "separate"
+
+
+@pytest.mark.parametrize("p", [0.8, 0.3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_lora_dropout_cpu_mask_is_nn_dropouts_distribution(p, dtype):
+    """The CPU draw (uniforms >= p) keeps each value with probability 1 - p and scales kept ones by
+    1 / (1 - p), as nn.Dropout does; its gradient is the same mask times the same scale."""
+    from dgsnet.models.lora import LoRADropout
+
+    drop = LoRADropout(p).train()
+    x = (torch.rand(200, 500, dtype=torch.float64) + 1.0).to(dtype).requires_grad_(True)
+    torch.manual_seed(0)
+    y = drop(x)
+    kept = y != 0
+    n = kept.numel()
+    sd = (p * (1 - p) / n) ** 0.5
+    assert abs(kept.double().mean().item() - (1 - p)) < 5 * sd  # 5 standard deviations: not flaky
+    want = (x.detach() / (1 - p)) if dtype != torch.bfloat16 else (x.detach() * (1.0 / (1 - p)))
+    torch.testing.assert_close(y[kept], want[kept])
+    assert y.dtype == dtype
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, (kept.to(dtype) * (1.0 / (1 - p))).to(dtype))
+    # the same seed gives the same mask; another seed another one
+    torch.manual_seed(0)
+    assert torch.equal(drop(x.detach()) != 0, kept)
+    assert not torch.equal(drop(x.detach()) != 0, kept)
+
+
+def test_lora_dropout_is_identity_in_eval_and_at_zero_and_drops_all_at_one():
+    from dgsnet.models.lora import LoRADropout
+
+    x = torch.randn(4, 9)
+    assert torch.equal(LoRADropout(0.8).eval()(x), x)
+    assert torch.equal(LoRADropout(0.0).train()(x), x)
+    assert torch.equal(LoRADropout(1.0).train()(x), torch.zeros_like(x))
+    # rows independent: no two rows of a large draw share their mask
+    masks = LoRADropout(0.5).train()(torch.ones(64, 256)) != 0
+    assert len({tuple(r.tolist()) for r in masks}) == 64
