@@ -81,6 +81,27 @@ def time_call(fn: Callable[[], object], device, warmup: int = 3, repeats: int = 
     return statistics.median(times)
 
 
+def paired_ratio(base: Callable[[], object], other: Callable[[], object], device, pairs: int) -> dict:
+    """other's time over base's, step by step: `pairs` pairs of one call each, back to back (the
+    order alternating, so neither always runs second), the median of the pairs' ratios and its
+    quartiles. Paired calls a few hundred ms apart see the same machine, which rounds of several
+    calls each do not on a shared one."""
+    ratios = []
+    for i in range(pairs):
+        order = (base, other) if i % 2 == 0 else (other, base)
+        t = []
+        for fn in order:
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            t.append(time.perf_counter() - start)
+        b, o = t if i % 2 == 0 else t[::-1]
+        ratios.append(o / b)
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {"median": statistics.median(ratios), "q1": q[0], "q3": q[2], "pairs": pairs}
+
+
 def interleaved_times(fns: dict[str, Callable[[], object]], device, repeats: int,
                       rounds: int, samples: dict[str, list[float]] | None = None) -> dict[str, float]:
     """Median over `rounds` of each competitor's median time, the competitors taking turns,

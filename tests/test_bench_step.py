@@ -183,3 +183,24 @@ def test_targets_pass_and_fail(bench_step):
 
 def test_loop_is_measured_at_a_log_cadence(bench_step):
     assert bench_step.loop_windows(12, 3) == 1 and bench_step.loop_windows(3, 7) == 3
+
+
+def test_paired_ratio_alternates_the_order_and_takes_the_median_of_pairs(bench_step, monkeypatch):
+    """With a fake clock: base costs 2, other 3, except that the second call of a pair costs 1 more
+    (a machine that slows within a pair): alternating the order cancels it in the median."""
+    common = sys.modules["common"]
+    clock = {"now": 0.0, "calls": []}
+    monkeypatch.setattr(common.time, "perf_counter", lambda: clock["now"])
+
+    def timed(name, cost):
+        def fn():
+            second = len(clock["calls"]) % 2 == 1
+            clock["calls"].append(name)
+            clock["now"] += cost + (1.0 if second else 0.0)
+        return fn
+
+    got = common.paired_ratio(timed("base", 2.0), timed("other", 3.0), torch.device("cpu"), 40)
+    assert clock["calls"][:4] == ["base", "other", "other", "base"]
+    # pairs give 4/2 (other second) and 3/3 (other first): median of twenty 2.0 and twenty 1.0
+    assert got["median"] == pytest.approx(1.5) and got["pairs"] == 40
+    assert (got["q1"], got["q3"]) == (pytest.approx(1.0), pytest.approx(2.0))
