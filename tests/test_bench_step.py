@@ -8,30 +8,19 @@ per-patch selection oracle), so the timing compares the same work. The bench scr
 """
 from __future__ import annotations
 
-import importlib.util
 import random
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from tests.bench_modules import load_bench
 
 
 @pytest.fixture
 def bench_step(monkeypatch):
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        monkeypatch.setenv(var, "1")  # the module sets them on import; keep the change to this test
-    modules = {}
-    for name in ("common", "bench_step"):
-        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        monkeypatch.setitem(sys.modules, name, module)
-        spec.loader.exec_module(module)
-        modules[name] = module
-    return modules["bench_step"]
+    return load_bench(monkeypatch, "bench_step")
 
 
 @pytest.mark.parametrize("dtype,batch,tol", [(torch.float32, 3, 1e-4), (torch.float64, 5, 1e-9)])

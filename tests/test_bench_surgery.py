@@ -8,7 +8,6 @@ is loaded here by file path, no sys.path change.
 """
 from __future__ import annotations
 
-import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -16,22 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.bench_modules import load_bench
+
 ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "bench"
 
 
 @pytest.fixture
 def bench_surgery(monkeypatch):
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        monkeypatch.setenv(var, "1")  # in case a module sets them on import; keep the change to this test
-    modules = {}
-    for name in ("common", "bench_surgery"):
-        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        monkeypatch.setitem(sys.modules, name, module)
-        spec.loader.exec_module(module)
-        modules[name] = module
-    return modules["bench_surgery"]
+    return load_bench(monkeypatch, "bench_surgery")
 
 
 # What a profiler lists for one forward and one backward (CUDA, then Triton): dgsnet's kernels among

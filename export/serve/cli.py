@@ -9,6 +9,7 @@ new connections, let the requests in flight finish (up to --graceful-timeout s),
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from dgsnet.blas import set_blas_threads
@@ -18,24 +19,22 @@ from dgsnet_export.runtime.cli import Command, add_layout_arguments, layout_opti
 NEEDS = ("starlette", "uvicorn", "python_multipart", "onnxruntime")
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
-    return value
+def _number(what: str, low: float, high: float = math.inf, low_open: bool = False):
+    """An argparse type: a finite float in [low, high] ((low, high] with low_open), else a message
+    naming `what`."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and (value > low if low_open else value >= low) and value <= high):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+    return parse
 
 
-def _wait_ms(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 <= value <= 10_000:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a wait in milliseconds between 0 and 10000")
-    return value
+_positive_float = _number("a number > 0", 0.0, low_open=True)
+_wait_ms = _number("a wait in milliseconds between 0 and 10000", 0.0, 10_000.0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
