@@ -524,6 +524,27 @@ HOLD = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', '
         "sys.argv[1]]); print('holding (DGSNET_GPU_CHECK_HOLD)', flush=True); time.sleep(600)")
 
 
+class StopRequest:
+    """A stop signal (a scheduler's SIGTERM, Ctrl-C) taken by the driver: passed on to the running step at
+    once and acted on when the step has ended. Raising from the handler instead could land inside
+    subprocess.Popen, after the step started and before the driver held it, and leave it running."""
+
+    def __init__(self):
+        self.requested = False
+        self.proc: subprocess.Popen | None = None
+
+    def handler(self, signum, frame) -> None:
+        self.requested = True
+        self.forward()
+
+    def forward(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)  # timeout(1) passes it on to the step's processes
+
+
+STOP = StopRequest()
+
+
 def run_step(step: Step, env: dict, cwd: str, out: str, limit: float, fail: set[str],
              hold: set[str] = frozenset()) -> None:
     """Runs one step under timeout(1), its output in OUT/logs/<step>.log; sets its status and note."""
@@ -544,14 +565,18 @@ def run_step(step: Step, env: dict, cwd: str, out: str, limit: float, fail: set[
         proc = subprocess.Popen(["timeout", *first, f"--kill-after={KILL_AFTER}", str(secs), *command],
                                 cwd=cwd, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        STOP.proc = proc
+        if STOP.requested:  # the signal came while the step was starting
+            STOP.forward()
         try:
             rc = proc.wait()
-        except KeyboardInterrupt:
-            proc.send_signal(signal.SIGTERM)  # timeout passes it on to the step's processes
-            proc.wait()
-            raise
+        finally:
+            STOP.proc = None
     step.seconds = time.time() - started
     step.timeout_used = secs
+    if STOP.requested:
+        step.status, step.note = "interrupted", f"stopped by a signal after {step.seconds:.0f} s"
+        return
     with open(log_path, errors="replace") as fh:
         text = fh.read()
     notes = [ln[6:] for ln in text.splitlines() if ln.startswith("NOTE: ")]
@@ -950,12 +975,13 @@ def run_check(args, argv, out: str, logs: str, work: str, started: float) -> int
           + (f", budget {args.budget:.0f} s" if args.budget else ""), flush=True)
     deadline = started + args.budget if args.budget else None
 
-    def terminated(signum, frame):  # a scheduler's SIGTERM: stop the step, still write summary.md
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminated)
+    # A scheduler's SIGTERM or Ctrl-C: the running step is stopped, summary.md is still written.
+    signal.signal(signal.SIGTERM, STOP.handler)
+    signal.signal(signal.SIGINT, STOP.handler)
     try:
         for i, step in enumerate(steps, 1):
+            if STOP.requested:
+                raise KeyboardInterrupt
             limit = step.limit
             if deadline is not None:
                 left = deadline - time.time() - RESERVE
@@ -967,6 +993,8 @@ def run_check(args, argv, out: str, logs: str, work: str, started: float) -> int
             print(f"[{i}/{len(steps)}] {step.name}: {step.title} (limit {limit:.0f} s) ...", flush=True)
             log = os.path.join(logs, f"{step.name}.log")
             run_step(step, env, cwd, out, limit, fail, hold)
+            if step.status == "interrupted":
+                raise KeyboardInterrupt
             print(f"[{i}/{len(steps)}] {step.name}: {step.status} in {step.seconds:.1f} s"
                   + (f": {step.note}" if step.note else ""), flush=True)
             if step.status in ("fail", "timeout"):
@@ -975,10 +1003,11 @@ def run_check(args, argv, out: str, logs: str, work: str, started: float) -> int
                 print("    " + "\n    ".join(tail) + f"\n    (whole log: {log})", flush=True)
             write_summary(out, steps, info, started, final=False)
     except KeyboardInterrupt:
-        for step in steps:
-            if step.status == "not run" and step.seconds is None:
-                step.status = "interrupted"
-                break
+        if not any(s.status == "interrupted" for s in steps):  # stopped between steps: the next one
+            for step in steps:
+                if step.status == "not run" and step.seconds is None:
+                    step.status = "interrupted"
+                    break
         write_summary(out, steps, info, started, final=True)
         print(f"\ngpu-check: interrupted; {os.path.join(out, 'summary.md')} says what ran", file=sys.stderr)
         return 130

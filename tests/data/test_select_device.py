@@ -245,32 +245,47 @@ def test_decode_falls_back_to_the_cpu_decoder():
 
 # ------------------------------------------------------------------------------ no reads from the device
 
-# aten ops whose result the host must read on CUDA (a scalar, or a data-dependent output size)
-_READS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique", "_unique2",
-          "unique_consecutive", "unique_dim"}
+# Tensor functions whose result the host must read on CUDA (a scalar, or a data-dependent output size)
+_READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "argwhere",
+          "masked_select", "unique", "unique_consecutive"}
 
 
-class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
-    """Records every aten op that, on a CUDA tensor, would wait for the device to read a value back:
-    .item()/bool()/.tolist() (_local_scalar_dense), nonzero, boolean-mask indexing (index/index_put
-    with a bool index, which nonzero backs), repeat_interleave without output_size."""
+class _HostReads(torch.overrides.TorchFunctionMode):
+    """Records every torch function that, on a CUDA tensor, would wait for the device to read a value
+    back: .item()/bool()/.tolist(), nonzero, masked_select, unique, boolean-mask indexing (get or set),
+    repeat_interleave without output_size. Only tensors on the compute side count: the test passes
+    host data (permutations, flips) as host tensors, which are read on the host by design."""
 
-    def __init__(self):
+    def __init__(self, host_inputs=()):
         super().__init__()
+        self.host = {id(t) for t in host_inputs}
         self.reads = []
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        name = func.overloadpacket.__name__
-        if name in _READS:
+        name = getattr(func, "__name__", str(func))
+        on_device = not (args and isinstance(args[0], torch.Tensor) and id(args[0]) in self.host)
+        if name in _READS and on_device:
             self.reads.append(name)
-        elif name in ("index", "index_put", "index_put_", "_index_put_impl_"):
-            indices = args[1] if len(args) > 1 else kwargs.get("indices", ())
-            if any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices):
+        elif name in ("__getitem__", "__setitem__") and len(args) > 1:
+            index = args[1] if isinstance(args[1], tuple) else (args[1],)
+            if any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in index):
                 self.reads.append(f"{name} (boolean mask)")
         elif name == "repeat_interleave" and kwargs.get("output_size") is None:
             self.reads.append(name)
-        return func(*args, **(kwargs or {}))
+        return func(*args, **kwargs)
+
+
+def test_the_read_detector_sees_reads():
+    """The check below could fail: the mode records a scalar read, a boolean mask and nonzero, and
+    leaves the host inputs it was given alone."""
+    t, host = torch.arange(5.0), torch.arange(3)
+    with _HostReads(host_inputs=(host,)) as mode:
+        t.sum().item()
+        t[t > 2]
+        torch.nonzero(t)
+        host.tolist()
+    assert mode.reads == ["item", "__getitem__ (boolean mask)", "nonzero"]
 
 
 def _training_like_batch(seed, mixed):
@@ -289,7 +304,7 @@ def test_queued_selection_reads_nothing_back(mixed, dtype):
     """select_patches_queued (the trainer's per-step call) runs no op that needs a device value on the
     host; resolve() (one batch later in the trainer) then gives exactly the numpy tiles."""
     images, batch, perms, flips, seeds = _training_like_batch(7, mixed)
-    with _HostReads() as mode:
+    with _HostReads(host_inputs=(perms, flips)) as mode:
         pending = select_device.select_patches_queued(batch, perms, flips=flips, entropy_dtype=dtype,
                                                       normalize="clip")
     assert mode.reads == []
