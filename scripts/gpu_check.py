@@ -978,36 +978,31 @@ def run_check(args, argv, out: str, logs: str, work: str, started: float) -> int
     # A scheduler's SIGTERM or Ctrl-C: the running step is stopped, summary.md is still written.
     signal.signal(signal.SIGTERM, STOP.handler)
     signal.signal(signal.SIGINT, STOP.handler)
-    try:
-        for i, step in enumerate(steps, 1):
-            if STOP.requested:
-                raise KeyboardInterrupt
-            limit = step.limit
-            if deadline is not None:
-                left = deadline - time.time() - RESERVE
-                if left < 10:
-                    step.status, step.note = "skipped (budget)", f"under 10 s of the {args.budget:.0f} s budget left"
-                    print(f"[{i}/{len(steps)}] {step.name}: skipped, the budget is spent", flush=True)
-                    continue
-                limit = min(limit, left)
-            print(f"[{i}/{len(steps)}] {step.name}: {step.title} (limit {limit:.0f} s) ...", flush=True)
-            log = os.path.join(logs, f"{step.name}.log")
-            run_step(step, env, cwd, out, limit, fail, hold)
-            if step.status == "interrupted":
-                raise KeyboardInterrupt
-            print(f"[{i}/{len(steps)}] {step.name}: {step.status} in {step.seconds:.1f} s"
-                  + (f": {step.note}" if step.note else ""), flush=True)
-            if step.status in ("fail", "timeout"):
-                with open(log, errors="replace") as fh:
-                    tail = fh.read().splitlines()[-15:]
-                print("    " + "\n    ".join(tail) + f"\n    (whole log: {log})", flush=True)
-            write_summary(out, steps, info, started, final=False)
-    except KeyboardInterrupt:
-        if not any(s.status == "interrupted" for s in steps):  # stopped between steps: the next one
-            for step in steps:
-                if step.status == "not run" and step.seconds is None:
-                    step.status = "interrupted"
-                    break
+    for i, step in enumerate(steps, 1):
+        if STOP.requested:  # stopped between steps: the one that was due is the interrupted one
+            step.status = "interrupted"
+            break
+        limit = step.limit
+        if deadline is not None:
+            left = deadline - time.time() - RESERVE
+            if left < 10:
+                step.status, step.note = "skipped (budget)", f"under 10 s of the {args.budget:.0f} s budget left"
+                print(f"[{i}/{len(steps)}] {step.name}: skipped, the budget is spent", flush=True)
+                continue
+            limit = min(limit, left)
+        print(f"[{i}/{len(steps)}] {step.name}: {step.title} (limit {limit:.0f} s) ...", flush=True)
+        log = os.path.join(logs, f"{step.name}.log")
+        run_step(step, env, cwd, out, limit, fail, hold)
+        if step.status == "interrupted":
+            break
+        print(f"[{i}/{len(steps)}] {step.name}: {step.status} in {step.seconds:.1f} s"
+              + (f": {step.note}" if step.note else ""), flush=True)
+        if step.status in ("fail", "timeout"):
+            with open(log, errors="replace") as fh:
+                tail = fh.read().splitlines()[-15:]
+            print("    " + "\n    ".join(tail) + f"\n    (whole log: {log})", flush=True)
+        write_summary(out, steps, info, started, final=False)
+    if any(s.status == "interrupted" for s in steps):  # (a signal after the last step changes nothing)
         write_summary(out, steps, info, started, final=True)
         print(f"\ngpu-check: interrupted; {os.path.join(out, 'summary.md')} says what ran", file=sys.stderr)
         return 130
