@@ -118,31 +118,24 @@ def _run_seed(demo: DemoConfig, info, prior_path: str, seed: int) -> dict:
     folder = os.path.join(demo.out, f"seed-{seed}")
     teacher_dir = os.path.join(folder, "teacher")
     runs = {}
-    for method in demo.methods:
+    # In METHODS order: the probes (stage 1; the prior's is stage 2's teacher) before stage 2.
+    for method in sorted(demo.methods, key=list(METHODS).index):
         mode = METHODS[method]
         pretrained = None if mode == "random" else prior_path
-        if mode is None:
-            run_dir = teacher_dir
-        elif mode == "random":
-            run_dir = os.path.join(folder, "teacher-random")
-        else:
-            run_dir = os.path.join(folder, f"dgs-{mode}")
+        run_dir = {None: teacher_dir, "random": os.path.join(folder, "teacher-random")}.get(
+            mode, os.path.join(folder, f"dgs-{mode}"))
         runs[method] = (run_dir, pretrained)
-        if mode in (None, "random") or _trained(run_dir):
+        if _trained(run_dir):
             continue
-        if not _trained(teacher_dir):
-            _say(f"  seed {seed}: stage 1, teacher probe on the frozen prior")
-            train_teacher(_train_config(demo, info.train_dir, seed, prior_path, out=teacher_dir),
-                          resume=_interrupted(teacher_dir))
-        _say(f"  seed {seed}: stage 2, {method} (surgery={mode})")
-        train_dgs(_train_config(demo, info.train_dir, seed, prior_path, out=run_dir, teacher=teacher_dir,
-                                surgery=mode), resume=_interrupted(run_dir))
-    for method, (run_dir, pretrained) in runs.items():
-        if not _trained(run_dir):  # a probe no stage 2 needed
+        if mode in (None, "random"):
             what = "random-initialised encoder" if pretrained is None else "frozen prior"
             _say(f"  seed {seed}: stage 1, probe on the {what}")
             train_teacher(_train_config(demo, info.train_dir, seed, pretrained, out=run_dir),
                           resume=_interrupted(run_dir))
+        else:
+            _say(f"  seed {seed}: stage 2, {method} (surgery={mode})")
+            train_dgs(_train_config(demo, info.train_dir, seed, prior_path, out=run_dir, teacher=teacher_dir,
+                                    surgery=mode), resume=_interrupted(run_dir))
     results = {}
     for method, (run_dir, pretrained) in runs.items():
         head = "teacher" if METHODS[method] in (None, "random") else "student"
