@@ -73,7 +73,7 @@ class TrainConfig:
     lora_rank: int = 6  # LoRA rank r
     lora_alpha: float = 6.0  # LoRA alpha (the update is scaled by alpha / sqrt(r), or alpha / r)
     lora_scaling: str = "sqrt"  # sqrt (alpha / sqrt(r), published CLIP-LoRA) or linear (alpha / r)
-    lora_dropout: float = 0.8  # dropout on the LoRA input
+    lora_dropout: float = 0.8  # dropout on the LoRA input (CPU: the mask drawn as uniforms >= p, nn.Dropout's distribution, another random stream)
     lora_dropout_masks: str = "separate"  # separate (one mask per q, k, v, published) or shared
     lora_targets: list[str] = field(default_factory=lambda: ["q", "k", "v"])  # attention projections with LoRA
     lora_blocks: str = "all"  # "all" or comma-separated indices, e.g. "-4,-3,-2,-1"

@@ -53,14 +53,14 @@ class Reservation:
 
 
 class Admission:
-    """The shared account of admitted images and their pixels (thread-safe; `peak_*` are the highest
-    values held since the start, for /metrics)."""
+    """The shared account of admitted images and their pixels (thread-safe; `peak_pixels` is the most
+    held at once since the start, for /metrics)."""
 
     def __init__(self, max_images: int, max_pixels: int):
         if max_images < 1 or max_pixels < 1:
             raise ValueError(f"max_images={max_images}, max_pixels={max_pixels}: must be >= 1")
         self.max_images, self.max_pixels = max_images, max_pixels
-        self.images = self.pixels = self.peak_images = self.peak_pixels = 0
+        self.images = self.pixels = self.peak_pixels = 0
         self._lock = threading.Lock()
 
     def try_reserve(self, pixels: list[int]) -> Reservation | None:
@@ -71,7 +71,6 @@ class Admission:
                 return None
             self.images += count
             self.pixels += total
-            self.peak_images = max(self.peak_images, self.images)
             self.peak_pixels = max(self.peak_pixels, self.pixels)
         return Reservation(self, count, total)
 
