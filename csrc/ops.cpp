@@ -40,6 +40,43 @@ TORCH_LIBRARY(dgsnet, m) {
 }
 
 namespace {
+using OptTensor = std::optional<at::Tensor>;
+
+// dgs_forward for eager Python callers, through the dispatcher (autograd, the device's
+// kernel, profiler events and dispatch modes as with torch.ops.dgsnet.dgs_forward) but
+// without torch.ops' per-argument schema matching (about 5 us of a 15-argument call), with
+// the dtype casts of backends/fused.py done here (features to feat_dtype, the rest to
+// acc_dtype; differentiable, as there) and only the six outputs a caller reads returned.
+// Frozen inputs are not detached: the op's autograd gives them no gradient either way.
+// torch.compile and __torch_function__ overrides use torch.ops (backends/fused.py decides).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+dgs_forward_eager(const at::Tensor& f, const at::Tensor& f_t, const at::Tensor& t,
+                  const at::Tensor& y, const at::Tensor& w_s, const at::Tensor& w_t,
+                  const at::Tensor& w_x, const OptTensor& b_s, const OptTensor& b_t,
+                  const OptTensor& b_x, double lam, double eps, bool with_align, bool project,
+                  bool published, at::ScalarType feat_dtype, at::ScalarType acc_dtype) {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("dgsnet::dgs_forward", "")
+          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                            at::Tensor, at::Tensor>(
+              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+              const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&,
+              const OptTensor&, const OptTensor&, double, double, bool, bool, bool)>();
+  auto as = [](const at::Tensor& x, at::ScalarType dtype) {
+    return x.scalar_type() == dtype ? x : x.to(dtype);
+  };
+  auto as_opt = [&](const OptTensor& x) -> OptTensor {
+    if (!x.has_value() || !x->defined()) return std::nullopt;
+    return as(*x, acc_dtype);
+  };
+  auto [total, img, text, align, teacher, harmful, coef, head_sums] =
+      op.call(as(f, feat_dtype), as(f_t, feat_dtype), as(t, feat_dtype), as(y, acc_dtype),
+              as(w_s, acc_dtype), as(w_t, acc_dtype), as(w_x, acc_dtype), as_opt(b_s),
+              as_opt(b_t), as_opt(b_x), lam, eps, with_align, project, published);
+  return {total, img, text, align, teacher, harmful};
+}
+
 bool cuda_compiled() {
 #ifdef DGSNET_WITH_CUDA
   return true;
@@ -49,7 +86,10 @@ bool cuda_compiled() {
 }
 }  // namespace
 
-// The Python module only reports how it was built; the ops live in torch.ops.dgsnet.
+// The ops live in torch.ops.dgsnet; the Python module reports how it was built and
+// holds the eager entry of dgs_forward.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cuda_compiled", &cuda_compiled, "True when the CUDA kernels were compiled in.");
+  m.def("dgs_forward_eager", &dgs_forward_eager,
+        "torch.ops.dgsnet.dgs_forward's first six outputs, for eager callers (no schema matching).");
 }

@@ -72,3 +72,18 @@ def test_the_launch_target_is_per_direction_and_needs_a_counted_kernel(bench_sur
 
 def test_no_count_without_cuda(bench_surgery):
     assert bench_surgery.count_launches("reference", None, None, None, torch.device("cpu")) == (None, None)
+
+
+def test_speedup_targets_are_judged_on_the_paired_ratio(bench_surgery):
+    """Where the step-by-step pairs were measured, they decide; the rounds' ratio otherwise."""
+    rows = [{"B": 256, "D": 768, "cpp_speedup": 5.4, "cpp_speedup_paired": 4.8},
+            {"B": 32, "D": 768, "cuda_speedup": 9.0, "cuda_speedup_paired": 11.0,
+             "triton_speedup": 10.5}]
+    overhead = [{"backend": "cpp", "fwd_us": 41.0}, {"backend": "reference", "fwd_us": 500.0}]
+    goals = bench_surgery.targets(rows, overhead, ["cpp", "cuda", "triton"])
+    assert goals["cpp_speedup_B256_D768"] == {"value": 4.8, "target": ">= 5", "met": False}
+    assert goals["cuda_speedup_B32_D768"] == {"value": 11.0, "target": ">= 10", "met": True}
+    assert goals["triton_speedup_B32_D768"] == {"value": 10.5, "target": ">= 10", "met": True}
+    assert goals["cpp_fwd_us_B1"]["met"] is False
+    assert "reference_fwd_us_B1" not in goals
+    assert set(bench_surgery.TARGET_SHAPE) == {"cpp", "cuda", "triton"}

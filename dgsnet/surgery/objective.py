@@ -75,9 +75,9 @@ def _inputs_ok(student, teacher, text, labels) -> bool:
     return teacher.device == device and text.device == device and labels.device == device
 
 
-# (backend argument, device, registry generation) -> (concrete backend, its dgs_forward or
-# None for the reference): resolving costs microseconds per call, and the answer for a pair
-# changes only when a backend registers kernels (registry.generation).
+# (backend argument, device, registry generation) -> (concrete backend, its registry
+# dgs_objective entry or None for the reference): resolving costs microseconds per call, and
+# the answer for a pair changes only when a backend registers kernels (registry.generation).
 _DISPATCH: dict = {}
 
 
@@ -86,8 +86,8 @@ def _dispatch(backend: str, device: torch.device):
     found = _DISPATCH.get(key)
     if found is None:
         resolved = backends.resolve_backend(backend, device)
-        forward = None if resolved == "reference" else backends.op(resolved, "dgs_objective").forward
-        found = _DISPATCH[key] = (resolved, forward)
+        op = None if resolved == "reference" else backends.op(resolved, "dgs_objective")
+        found = _DISPATCH[key] = (resolved, op)
     return found
 
 
@@ -169,12 +169,12 @@ def dgs_objective(
     heads = (_head_params(student_head, "student_head", dim),
              _head_params(teacher_head, "teacher_head", dim),
              _head_params(text_head, "text_head", dim))
-    backend, forward = _dispatch(backend, student_feats.device)
+    backend, op = _dispatch(backend, student_feats.device)
 
-    if forward is None:
+    if op is None:
         terms = reference.objective(student_feats, teacher_feats, text_feats, labels, heads, lam, eps,
                                     mode, variant)
     else:
-        terms = fused.objective(forward, student_feats, teacher_feats, text_feats, labels, heads,
+        terms = fused.objective(op, student_feats, teacher_feats, text_feats, labels, heads,
                                 lam, eps, mode, variant, backend)
     return DGSLoss(*terms)

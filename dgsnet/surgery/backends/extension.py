@@ -39,5 +39,7 @@ if _C is not None:
     # contract.dgs_autograd without tens of microseconds of Python per call.
     for _backend in ("cpp", "cuda") if cuda_compiled() else ("cpp",):
         registry.register(_backend, "dgs_objective", torch.ops.dgsnet.dgs_forward,
-                          torch.ops.dgsnet.dgs_backward)
+                          torch.ops.dgsnet.dgs_backward,
+                          # absent from an extension built before it existed: torch.ops then
+                          eager=getattr(_C, "dgs_forward_eager", None))
         registry.register(_backend, "project_params_", torch.ops.dgsnet.project_params_)

@@ -16,6 +16,7 @@ torch.compile traces through them.
 from __future__ import annotations
 
 import torch
+from torch._C import _has_torch_function
 
 from dgsnet.surgery import reference
 
@@ -50,10 +51,11 @@ def _const(x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     return x if x.dtype == dtype else x.to(dtype)
 
 
-def objective(forward, student_feats, teacher_feats, text_feats, labels, heads, lam: float,
+def objective(op, student_feats, teacher_feats, text_feats, labels, heads, lam: float,
               eps: float, mode: str, variant: str, backend: str):
-    """reference.objective's (total, img, text, align, teacher, harmful) by `forward`, the
-    dgs_forward op of `backend` (its autograd calls the matching dgs_backward).
+    """reference.objective's (total, img, text, align, teacher, harmful) by `op`, the
+    registry's dgs_objective of `backend` (its dgs_forward op, whose autograd calls the matching
+    dgs_backward; or that op's eager entry).
 
     heads: ((w_s, b_s), (w_t, b_t), (w_x, b_x)), each weight (1, D), bias (1,) or None.
     """
@@ -64,10 +66,20 @@ def objective(forward, student_feats, teacher_feats, text_feats, labels, heads, 
         feat_dtype = compute
     else:
         feat_dtype = _feature_dtype(student_feats, (teacher_feats, text_feats), compute, backend)
-    total, img, text, align, teacher, harmful, _, _ = forward(
+    with_align, project = mode != "none", mode in ("feature", "both")
+    published = variant == "published"
+    if op.eager is not None and not torch.compiler.is_compiling() and not _has_torch_function(
+            (student_feats, teacher_feats, text_feats, labels, w_s, w_t, w_x)):
+        # The eager entry casts in C++ and skips torch.ops' argument matching (several us of a
+        # B=1 call); torch.compile traces, and tensor subclasses or modes overriding
+        # __torch_function__ see, the op itself below.
+        return op.eager(student_feats, teacher_feats, text_feats, labels, w_s, w_t, w_x, b_s, b_t,
+                        b_x, float(lam), float(eps), with_align, project, published, feat_dtype,
+                        compute)
+    total, img, text, align, teacher, harmful, _, _ = op.forward(
         _as(student_feats, feat_dtype), _const(teacher_feats, feat_dtype),
         _const(text_feats, feat_dtype), _const(labels, compute), _as(w_s, compute),
         _const(w_t, compute), _as(w_x, compute), None if b_s is None else _as(b_s, compute),
         _const(b_t, compute), None if b_x is None else _as(b_x, compute), float(lam), float(eps),
-        mode != "none", mode in ("feature", "both"), variant == "published")
+        with_align, project, published)
     return total, img, text, align, teacher, harmful

@@ -1,7 +1,9 @@
 """Which kernel backend implements which op: register by name, look up by name.
 
 A backend registers, for each op, the callable that runs it (`forward`) and,
-for an op with a separate backward kernel, that one too (`backward`). This
+for an op with a separate backward kernel, that one too (`backward`); a
+compiled backend may add `eager`, a cheaper entry of the same forward for
+eager callers (dgsnet._C's dgs_forward_eager; see backends/fused.py). This
 module imports no backend: each registers itself when it is imported
 (backends/extension.py: cpp and cuda; backends/triton/: triton), and
 dgsnet.surgery.backends decides when to import them. "reference" is not
@@ -22,6 +24,7 @@ class Op(NamedTuple):
 
     forward: Callable
     backward: Callable | None = None
+    eager: Callable | None = None
 
 
 _TABLE: dict[tuple[str, str], Op] = {}
@@ -31,10 +34,12 @@ _TABLE: dict[tuple[str, str], Op] = {}
 generation = 0
 
 
-def register(backend: str, op: str, forward: Callable, backward: Callable | None = None) -> None:
-    """Makes `forward` (and `backward`) the kernels of `op` on `backend`; a second call replaces them."""
+def register(backend: str, op: str, forward: Callable, backward: Callable | None = None,
+             eager: Callable | None = None) -> None:
+    """Makes `forward` (and `backward`, `eager`) the kernels of `op` on `backend`; a second call
+    replaces them."""
     global generation
-    _TABLE[(backend, op)] = Op(forward, backward)
+    _TABLE[(backend, op)] = Op(forward, backward, eager)
     generation += 1
 
 
