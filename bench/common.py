@@ -81,19 +81,24 @@ def time_call(fn: Callable[[], object], device, warmup: int = 3, repeats: int = 
     return statistics.median(times)
 
 
-def paired_ratio(base: Callable[[], object], other: Callable[[], object], device, pairs: int) -> dict:
-    """other's time over base's, step by step: `pairs` pairs of one call each, back to back (the
-    order alternating, so neither always runs second), the median of the pairs' ratios and its
-    quartiles. Paired calls a few hundred ms apart see the same machine, which rounds of several
-    calls each do not on a shared one."""
+def paired_ratio(base: Callable[[], object], other: Callable[[], object], device, pairs: int,
+                 calls: int = 1, warm: bool = False) -> dict:
+    """other's time over base's, step by step: `pairs` pairs of `calls` calls each, back to back
+    (the order alternating, so neither always runs second), the median of the pairs' ratios and
+    its quartiles. Paired calls a few hundred ms apart see the same machine, which rounds of
+    several calls each do not on a shared one. warm: one untimed call before each timed one, so
+    a short call is not timed on the caches the other competitor just left behind."""
     ratios = []
     for i in range(pairs):
         order = (base, other) if i % 2 == 0 else (other, base)
         t = []
         for fn in order:
+            if warm:
+                fn()
             synchronize(device)
             start = time.perf_counter()
-            fn()
+            for _ in range(calls):
+                fn()
             synchronize(device)
             t.append(time.perf_counter() - start)
         b, o = t if i % 2 == 0 else t[::-1]

@@ -16,7 +16,7 @@ torch.compile traces through them.
 from __future__ import annotations
 
 import torch
-from torch._C import _has_torch_function
+from torch.overrides import has_torch_function
 
 from dgsnet.surgery import reference
 
@@ -68,7 +68,7 @@ def objective(op, student_feats, teacher_feats, text_feats, labels, heads, lam: 
         feat_dtype = _feature_dtype(student_feats, (teacher_feats, text_feats), compute, backend)
     with_align, project = mode != "none", mode in ("feature", "both")
     published = variant == "published"
-    if op.eager is not None and not torch.compiler.is_compiling() and not _has_torch_function(
+    if op.eager is not None and not torch.compiler.is_compiling() and not has_torch_function(
             (student_feats, teacher_feats, text_feats, labels, w_s, w_t, w_x)):
         # The eager entry casts in C++ and skips torch.ops' argument matching (several us of a
         # B=1 call); torch.compile traces, and tensor subclasses or modes overriding
