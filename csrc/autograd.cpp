@@ -18,13 +18,13 @@ using ForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at
                               at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
     const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
-    double, double, bool, bool, bool);
+    double, double, bool, bool, bool, bool);
 using BackwardSig = std::tuple<at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
     const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&, double, bool, bool, bool,
     at::ScalarType);
 
-constexpr int kForwardArgs = 15;
+constexpr int kForwardArgs = 16;
 
 OptTensor defined_or_none(const at::Tensor& t) {
   return t.defined() ? OptTensor(t) : std::nullopt;
@@ -36,14 +36,15 @@ class DgsObjectiveFunction : public torch::autograd::Function<DgsObjectiveFuncti
                                const at::Tensor& t, const at::Tensor& y, const at::Tensor& w_s,
                                const at::Tensor& w_t, const at::Tensor& w_x, const OptTensor& b_s,
                                const OptTensor& b_t, const OptTensor& b_x, double lam, double eps,
-                               bool with_align, bool project, bool published) {
+                               bool with_align, bool project, bool published,
+                               bool want_harmful) {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("dgsnet::dgs_forward", "")
                          .typed<ForwardSig>();
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [total, img, text, align, teacher, harmful, coef, head_sums] =
         op.call(f, f_t, t, y, w_s, w_t, w_x, b_s, b_t, b_x, lam, eps, with_align, project,
-                published);
+                published, want_harmful);
     ctx->mark_non_differentiable({teacher, harmful, coef, head_sums});
     ctx->set_materialize_grads(false);  // unused loss terms arrive undefined, read as 0
     ctx->save_for_backward({coef, head_sums, w_s, w_t, w_x});
@@ -112,9 +113,9 @@ dgs_forward_autograd(const at::Tensor& f, const at::Tensor& f_t, const at::Tenso
                      const at::Tensor& y, const at::Tensor& w_s, const at::Tensor& w_t,
                      const at::Tensor& w_x, const OptTensor& b_s, const OptTensor& b_t,
                      const OptTensor& b_x, double lam, double eps, bool with_align, bool project,
-                     bool published) {
+                     bool published, bool want_harmful) {
   auto r = DgsObjectiveFunction::apply(f, f_t, t, y, w_s, w_t, w_x, b_s, b_t, b_x, lam, eps,
-                                       with_align, project, published);
+                                       with_align, project, published, want_harmful);
   return {r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]};
 }
 

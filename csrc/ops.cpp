@@ -15,13 +15,16 @@ TORCH_LIBRARY(dgsnet, m) {
   // so the backward needs no (B, D) input. total = img + text + lam * align
   // (align is 0 and left out when with_align is false). project/published
   // choose the backward: P(task + align), P(task) + align, or no projection.
+  // want_harmful=false returns harmful as a (0, D) tensor: the rows are a function of
+  // coef and w_x (harmful[i] = relu(coef[i, 2] w_x) coef[i, 3]), which the caller can
+  // form when it needs them, and the CPU kernel then skips writing B x D values.
   // f, f_t, t share one floating dtype; labels, head weights (D elements) and
   // biases (one element or None) are float32, or float64 for float64 features.
   m.def(
       "dgs_forward(Tensor f, Tensor f_t, Tensor t, Tensor y, Tensor w_s, Tensor w_t, Tensor w_x, "
       "Tensor? b_s, Tensor? b_t, Tensor? b_x, float lam, float eps, bool with_align, bool project, "
-      "bool published) -> (Tensor total, Tensor img, Tensor text, Tensor align, Tensor teacher, "
-      "Tensor harmful, Tensor coef, Tensor head_sums)");
+      "bool published, bool want_harmful=True) -> (Tensor total, Tensor img, Tensor text, "
+      "Tensor align, Tensor teacher, Tensor harmful, Tensor coef, Tensor head_sums)");
 
   // Backward of dgs_forward from the saved per-row coefficients and the
   // upstream gradients of total/img/text/align (None = 0): the surgical
@@ -46,15 +49,16 @@ using OptTensor = std::optional<at::Tensor>;
 // kernel, profiler events and dispatch modes as with torch.ops.dgsnet.dgs_forward) but
 // without torch.ops' per-argument schema matching (about 5 us of a 15-argument call), with
 // the dtype casts of backends/fused.py done here (features to feat_dtype, the rest to
-// acc_dtype; differentiable, as there) and only the six outputs a caller reads returned.
+// acc_dtype; differentiable, as there) and only the seven outputs a caller reads returned.
 // Frozen inputs are not detached: the op's autograd gives them no gradient either way.
 // torch.compile and __torch_function__ overrides use torch.ops (backends/fused.py decides).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 dgs_forward_eager(const at::Tensor& f, const at::Tensor& f_t, const at::Tensor& t,
                   const at::Tensor& y, const at::Tensor& w_s, const at::Tensor& w_t,
                   const at::Tensor& w_x, const OptTensor& b_s, const OptTensor& b_t,
                   const OptTensor& b_x, double lam, double eps, bool with_align, bool project,
-                  bool published, at::ScalarType feat_dtype, at::ScalarType acc_dtype) {
+                  bool published, bool want_harmful, at::ScalarType feat_dtype,
+                  at::ScalarType acc_dtype) {
   static auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("dgsnet::dgs_forward", "")
@@ -62,7 +66,7 @@ dgs_forward_eager(const at::Tensor& f, const at::Tensor& f_t, const at::Tensor& 
                             at::Tensor, at::Tensor>(
               const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
               const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&,
-              const OptTensor&, const OptTensor&, double, double, bool, bool, bool)>();
+              const OptTensor&, const OptTensor&, double, double, bool, bool, bool, bool)>();
   auto as = [](const at::Tensor& x, at::ScalarType dtype) {
     return x.scalar_type() == dtype ? x : x.to(dtype);
   };
@@ -73,8 +77,8 @@ dgs_forward_eager(const at::Tensor& f, const at::Tensor& f_t, const at::Tensor& 
   auto [total, img, text, align, teacher, harmful, coef, head_sums] =
       op.call(as(f, feat_dtype), as(f_t, feat_dtype), as(t, feat_dtype), as(y, acc_dtype),
               as(w_s, acc_dtype), as(w_t, acc_dtype), as(w_x, acc_dtype), as_opt(b_s),
-              as_opt(b_t), as_opt(b_x), lam, eps, with_align, project, published);
-  return {total, img, text, align, teacher, harmful};
+              as_opt(b_t), as_opt(b_x), lam, eps, with_align, project, published, want_harmful);
+  return {total, img, text, align, teacher, harmful, coef};
 }
 
 bool cuda_compiled() {
@@ -91,5 +95,5 @@ bool cuda_compiled() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cuda_compiled", &cuda_compiled, "True when the CUDA kernels were compiled in.");
   m.def("dgs_forward_eager", &dgs_forward_eager,
-        "torch.ops.dgsnet.dgs_forward's first six outputs, for eager callers (no schema matching).");
+        "torch.ops.dgsnet.dgs_forward's first seven outputs, for eager callers (no schema matching).");
 }

@@ -54,7 +54,7 @@ struct ForwardArgs {
   T norm_pos, norm_neg;  // ||P+||, ||P-||: ||relu(c w_X)|| = |c| times one of them
   int64_t batch, dim;
   T eps;
-  T* harmful;  // (B, D) contiguous
+  T* harmful;  // (B, D) contiguous, or nullptr: not written (want_harmful=false)
   T* coef;     // (B, 4)
 };
 
@@ -142,16 +142,23 @@ DGSNET_ALWAYS_INLINE void forward_rows(const ForwardArgs<T>& a, int64_t r0, int6
       // as sq * <f, min(sq w_T, 0)> (sq = +-1); harmful row = sh relu(sp w_X).
       const T sq = c_t > T(0) ? T(1) : T(-1), sp = pos ? T(1) : T(-1);
       const Vec<T> vsq = simd::splat(sq), vsp = simd::splat(sp), vsh = simd::splat(sh);
-      T* h = a.harmful + r * D;
       Vec<T> s3{};
-      for (int64_t j = 0; j < Dv; j += L) {
-        s3 += load(f + j) * simd::vmin0<T>(vsq * load(wt + j));
-        store(h + j, vsh * simd::vmax0<T>(vsp * load(wx + j)));
-      }
-      T fq = reduce<T>(s3);
-      for (int64_t j = Dv; j < D; ++j) {
-        fq += f[j] * std::min(sq * wt[j], T(0));
-        h[j] = sh * std::max(sp * wx[j], T(0));
+      T fq;
+      if (a.harmful != nullptr) {
+        T* h = a.harmful + r * D;
+        for (int64_t j = 0; j < Dv; j += L) {
+          s3 += load(f + j) * simd::vmin0<T>(vsq * load(wt + j));
+          store(h + j, vsh * simd::vmax0<T>(vsp * load(wx + j)));
+        }
+        fq = reduce<T>(s3);
+        for (int64_t j = Dv; j < D; ++j) {
+          fq += f[j] * std::min(sq * wt[j], T(0));
+          h[j] = sh * std::max(sp * wx[j], T(0));
+        }
+      } else {  // the same sum, in the same order, without the harmful rows
+        for (int64_t j = 0; j < Dv; j += L) s3 += load(f + j) * simd::vmin0<T>(vsq * load(wt + j));
+        fq = reduce<T>(s3);
+        for (int64_t j = Dv; j < D; ++j) fq += f[j] * std::min(sq * wt[j], T(0));
       }
       cs[q] = c_s;
       cx[q] = c_x;
@@ -242,7 +249,8 @@ ForwardOut dgs_forward_cpu(const at::Tensor& f_in, const at::Tensor& ft_in, cons
                            const at::Tensor& w_x, const std::optional<at::Tensor>& b_s,
                            const std::optional<at::Tensor>& b_t,
                            const std::optional<at::Tensor>& b_x, double lam, double eps,
-                           bool with_align, bool /*project*/, bool /*published*/) {
+                           bool with_align, bool /*project*/, bool /*published*/,
+                           bool want_harmful) {
   check_dgs_forward_args(f_in, ft_in, t_in, y_in, w_s, w_t, w_x, b_s, b_t, b_x);
   TORCH_CHECK(f_in.device().is_cpu(), "dgsnet::dgs_forward (cpu): tensors are on ", f_in.device());
   TORCH_CHECK(f_in.scalar_type() == at::kFloat || f_in.scalar_type() == at::kDouble,
@@ -253,7 +261,7 @@ ForwardOut dgs_forward_cpu(const at::Tensor& f_in, const at::Tensor& ft_in, cons
                    wx = w_x.contiguous();
   const int64_t batch = f.size(0), dim = f.size(1);
   const auto opts = f.options();
-  at::Tensor harmful = at::empty({batch, dim}, opts);
+  at::Tensor harmful = at::empty({want_harmful ? batch : 0, dim}, opts);
   at::Tensor coef = at::empty({batch, kCoefCount}, opts);
   at::Tensor head_sums = at::empty({2, dim + 1}, opts);
   // total, img, text, align, teacher: separate 0-dim outputs (a custom op's
@@ -266,7 +274,8 @@ ForwardOut dgs_forward_cpu(const at::Tensor& f_in, const at::Tensor& ft_in, cons
                      f.stride(0), ft.stride(0), t.stride(0), y.const_data_ptr<T>(),
                      ws.const_data_ptr<T>(), wt.const_data_ptr<T>(), wx.const_data_ptr<T>(),
                      scalar_or_zero<T>(b_s), scalar_or_zero<T>(b_t), scalar_or_zero<T>(b_x), 0, 0,
-                     batch, dim, static_cast<T>(eps), harmful.data_ptr<T>(), coef.data_ptr<T>()};
+                     batch, dim, static_cast<T>(eps), want_harmful ? harmful.data_ptr<T>() : nullptr,
+                     coef.data_ptr<T>()};
     positive_part_norms(a.wx, dim, &a.norm_pos, &a.norm_neg);
     const int64_t rows = forward_block_rows(batch, dim);
     const int64_t blocks = (batch + rows - 1) / rows;

@@ -320,7 +320,8 @@ ForwardOut dgs_forward_cuda(const at::Tensor& f_in, const at::Tensor& ft_in, con
                             const at::Tensor& w_x, const std::optional<at::Tensor>& b_s_in,
                             const std::optional<at::Tensor>& b_t_in,
                             const std::optional<at::Tensor>& b_x_in, double lam, double eps,
-                            bool with_align, bool /*project*/, bool /*published*/) {
+                            bool with_align, bool /*project*/, bool /*published*/,
+                            bool want_harmful) {
   check_dgs_forward_args(f_in, ft_in, t_in, y_in, w_s, w_t, w_x, b_s_in, b_t_in, b_x_in);
   TORCH_CHECK(f_in.is_cuda(), "dgsnet::dgs_forward (cuda): tensors are on ", f_in.device());
   const c10::cuda::CUDAGuard guard(f_in.device());
@@ -396,6 +397,9 @@ ForwardOut dgs_forward_cuda(const at::Tensor& f_in, const at::Tensor& ft_in, con
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
+  // want_harmful=false: the rows went to a scratch matrix all the same (on a GPU the write is
+  // a small part of the pass); the output is the (0, D) the schema promises.
+  if (!want_harmful) harmful = at::empty({0, dim}, opts);
   return {losses[0], losses[1], losses[2], losses[3], losses[4], harmful, coef, head_sums};
 }
 

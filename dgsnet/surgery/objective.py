@@ -7,7 +7,8 @@ which must agree with it. Nothing else happens here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -25,7 +26,9 @@ class DGSLoss:
 
     `harmful` is h (B, D), a constant: the per-row harmful direction of
     docs/method.md section 2.2, used by the per-layer surgery (section 3).
-    Zero rows mean no projection.
+    Zero rows mean no projection. The fused backends form it on first
+    access outside the layer modes (a function of the per-row coefficients),
+    so a step that never reads it does not write B x D values.
     """
 
     total: torch.Tensor
@@ -33,7 +36,14 @@ class DGSLoss:
     text: torch.Tensor
     align: torch.Tensor
     teacher: torch.Tensor
-    harmful: torch.Tensor
+    _harmful: torch.Tensor | Callable[[], torch.Tensor] = field(repr=False)
+
+    @property
+    def harmful(self) -> torch.Tensor:
+        h = self._harmful
+        if not isinstance(h, torch.Tensor):
+            h = self._harmful = h()
+        return h
 
     def terms(self) -> dict[str, float]:
         """Python floats of every term (one device sync), for logs."""

@@ -15,12 +15,12 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def dgs_forward_fake(f, f_t, t, y, w_s, w_t, w_x, b_s, b_t, b_x, lam, eps, with_align, project,
-                     published):
+                     published, want_harmful=True):
     batch, dim = f.shape
     acc = _acc_dtype(f.dtype)
     scalars = [f.new_empty((), dtype=acc) for _ in range(5)]
-    return (*scalars, f.new_empty((batch, dim), dtype=acc), f.new_empty((batch, 4), dtype=acc),
-            f.new_empty((2, dim + 1), dtype=acc))
+    return (*scalars, f.new_empty((batch if want_harmful else 0, dim), dtype=acc),
+            f.new_empty((batch, 4), dtype=acc), f.new_empty((2, dim + 1), dtype=acc))
 
 
 def dgs_backward_fake(coef, head_sums, w_s, w_t, w_x, d_total, d_img, d_text, d_align, lam,
@@ -56,7 +56,7 @@ def dgs_autograd(backward_op):
     output's own upstream gradient, by one call of `backward_op` (a dgs_backward)."""
 
     def setup_context(ctx, inputs, output):
-        (f, _, _, _, w_s, w_t, w_x, b_s, _, b_x, lam, _, with_align, project, published) = inputs
+        (f, _, _, _, w_s, w_t, w_x, b_s, _, b_x, lam, _, with_align, project, published, *_) = inputs
         _, _, _, _, teacher, harmful, coef, head_sums = output
         ctx.mark_non_differentiable(teacher, harmful, coef, head_sums)
         ctx.set_materialize_grads(False)  # unused loss terms arrive as None, read as 0
@@ -68,7 +68,7 @@ def dgs_autograd(backward_op):
     def backward(ctx, d_total, d_img, d_text, d_align, *_):
         coef, head_sums, w_s, w_t, w_x = ctx.saved_tensors
         if d_total is None and d_img is None and d_text is None and d_align is None:
-            return (None,) * 15
+            return (None,) * 16
         lam, with_align, project, published = ctx.flags
         need = ctx.needs_input_grad
         if need[0]:
@@ -86,7 +86,7 @@ def dgs_autograd(backward_op):
         g_bs = grad_heads[0, dim:].view(bs_shape) if bs_shape is not None and need[7] else None
         g_bx = grad_heads[1, dim:].view(bx_shape) if bx_shape is not None and need[9] else None
         return (g_f, None, None, None, g_ws, None, g_wx, g_bs, None, g_bx,
-                None, None, None, None, None)
+                None, None, None, None, None, None)
 
     return backward, setup_context
 

@@ -51,11 +51,20 @@ def _const(x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     return x if x.dtype == dtype else x.to(dtype)
 
 
+def _harmful_rows(coef: torch.Tensor, w_x: torch.Tensor):
+    """h from the saved per-row coefficients, formed on first use: relu(c_X w_X) / (||.|| + eps)
+    is relu(coef[:, 2] w_x) * coef[:, 3] (csrc/ops.cpp), so a call that does not read h never
+    writes its B x D values."""
+    w = w_x.detach().reshape(1, -1).to(coef.dtype)
+    return lambda: torch.relu(coef[:, 2:3] * w) * coef[:, 3:4]
+
+
 def objective(op, student_feats, teacher_feats, text_feats, labels, heads, lam: float,
               eps: float, mode: str, variant: str, backend: str):
     """reference.objective's (total, img, text, align, teacher, harmful) by `op`, the
     registry's dgs_objective of `backend` (its dgs_forward op, whose autograd calls the matching
-    dgs_backward; or that op's eager entry).
+    dgs_backward; or that op's eager entry). harmful is a tensor in the layer modes, which use
+    it at once, and otherwise a function that forms it from the per-row coefficients.
 
     heads: ((w_s, b_s), (w_t, b_t), (w_x, b_x)), each weight (1, D), bias (1,) or None.
     """
@@ -68,18 +77,21 @@ def objective(op, student_feats, teacher_feats, text_feats, labels, heads, lam: 
         feat_dtype = _feature_dtype(student_feats, (teacher_feats, text_feats), compute, backend)
     with_align, project = mode != "none", mode in ("feature", "both")
     published = variant == "published"
+    want_harmful = mode in ("layer", "both")
     if op.eager is not None and not torch.compiler.is_compiling() and not has_torch_function(
             (student_feats, teacher_feats, text_feats, labels, w_s, w_t, w_x)):
         # The eager entry casts in C++ and skips torch.ops' argument matching (several us of a
         # B=1 call); torch.compile traces, and tensor subclasses or modes overriding
         # __torch_function__ see, the op itself below.
-        return op.eager(student_feats, teacher_feats, text_feats, labels, w_s, w_t, w_x, b_s, b_t,
-                        b_x, float(lam), float(eps), with_align, project, published, feat_dtype,
-                        compute)
-    total, img, text, align, teacher, harmful, _, _ = op.forward(
-        _as(student_feats, feat_dtype), _const(teacher_feats, feat_dtype),
-        _const(text_feats, feat_dtype), _const(labels, compute), _as(w_s, compute),
-        _const(w_t, compute), _as(w_x, compute), None if b_s is None else _as(b_s, compute),
-        _const(b_t, compute), None if b_x is None else _as(b_x, compute), float(lam), float(eps),
-        with_align, project, published)
-    return total, img, text, align, teacher, harmful
+        total, img, text, align, teacher, harmful, coef = op.eager(
+            student_feats, teacher_feats, text_feats, labels, w_s, w_t, w_x, b_s, b_t, b_x,
+            float(lam), float(eps), with_align, project, published, want_harmful, feat_dtype,
+            compute)
+    else:
+        total, img, text, align, teacher, harmful, coef, _ = op.forward(
+            _as(student_feats, feat_dtype), _const(teacher_feats, feat_dtype),
+            _const(text_feats, feat_dtype), _const(labels, compute), _as(w_s, compute),
+            _const(w_t, compute), _as(w_x, compute), None if b_s is None else _as(b_s, compute),
+            _const(b_t, compute), None if b_x is None else _as(b_x, compute), float(lam),
+            float(eps), with_align, project, published, want_harmful)
+    return total, img, text, align, teacher, harmful if want_harmful else _harmful_rows(coef, w_x)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dgsnet.surgery import dgs_objective
-from dgsnet.surgery.backends import extension
+from dgsnet.surgery.backends import extension, fused
 from tests.surgery.fused_cases import TOL, Case, assert_rel_close, assert_same_results, run
 
 needs_ext = pytest.mark.skipif(not extension.available(),
@@ -148,6 +148,44 @@ def test_dgs_op_registration(variant):
     d = torch.tensor(1.5, dtype=torch.float64)
     torch.library.opcheck(torch.ops.dgsnet.dgs_backward.default,
                           (coef, sums, *w, d, None, d, None, 0.2, True, True, variant, torch.float64))
+
+
+@needs_ext
+def test_dgs_op_registration_without_harmful_rows():
+    """want_harmful=False: the fake kernel's (0, D) harmful output matches the kernel's."""
+    torch.library.opcheck(torch.ops.dgsnet.dgs_forward.default, (*_op_inputs(5, 9), False))
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("batch,dim", [(1, 7), (33, 65), (300, 768)])
+def test_without_harmful_rows_the_rest_is_the_same(batch, dim, dtype):
+    """want_harmful=False changes only the harmful output, which is then (0, D), and the rows
+    the caller forms from coef and w_x (fused._harmful_rows) are the kernel's; with several
+    row blocks (300 x 768) too."""
+    args = [a.to(dtype) if torch.is_tensor(a) else a for a in _op_inputs(batch, dim, grad=False)]
+    full = torch.ops.dgsnet.dgs_forward(*args, True)
+    lean = torch.ops.dgsnet.dgs_forward(*args, False)
+    assert lean[5].shape == (0, dim) and full[5].shape == (batch, dim)
+    for i in (0, 1, 2, 3, 4, 6, 7):
+        assert torch.equal(full[i], lean[i]), i
+    rows = fused._harmful_rows(lean[6], args[6])()
+    tol = TOL[dtype]
+    torch.testing.assert_close(rows, full[5], rtol=tol, atol=tol * float(full[5].abs().max()))
+    assert torch.equal(rows == 0, full[5] == 0)  # the same rows and entries are zero
+
+
+@needs_ext
+@pytest.mark.parametrize("mode", ["none", "feature", "layer", "both"])
+def test_harmful_is_formed_on_first_use_outside_the_layer_modes(mode):
+    case = Case(6, 13, seed=17)
+    out = dgs_objective(case.f, case.f_t, case.t, case.labels, *case.make_heads(torch.float64),
+                        mode=mode, backend="cpp")
+    assert isinstance(out._harmful, torch.Tensor) == (mode in ("layer", "both"))
+    first = out.harmful
+    assert out.harmful is first  # formed once
+    want = run(case, "reference", mode)[0]["harmful"]
+    assert_rel_close(first, want, TOL[torch.float64], "harmful")
 
 
 @needs_ext

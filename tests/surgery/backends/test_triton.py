@@ -109,6 +109,14 @@ def test_triton_op_registration():
 
     torch.library.opcheck(torch.ops.dgsnet_triton.dgs_forward.default, args,
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    torch.library.opcheck(torch.ops.dgsnet_triton.dgs_forward.default, (*args, False),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    with torch.no_grad():
+        full = torch.ops.dgsnet_triton.dgs_forward(*args, True)
+        lean = torch.ops.dgsnet_triton.dgs_forward(*args, False)
+    assert lean[5].shape == (0, 7) and full[5].shape == (3, 7)
+    for i in (0, 1, 2, 3, 4, 6, 7):  # want_harmful changes the harmful output only
+        assert torch.equal(full[i], lean[i]), i
 
 
 @pytest.mark.gpu

@@ -25,10 +25,11 @@ Tensor = torch.Tensor
 @torch.library.custom_op("dgsnet_triton::dgs_forward", mutates_args=())
 def dgs_forward(f: Tensor, f_t: Tensor, t: Tensor, y: Tensor, w_s: Tensor, w_t: Tensor,
                 w_x: Tensor, b_s: Optional[Tensor], b_t: Optional[Tensor], b_x: Optional[Tensor],
-                lam: float, eps: float, with_align: bool, project: bool, published: bool
+                lam: float, eps: float, with_align: bool, project: bool, published: bool,
+                want_harmful: bool = True
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     return _obj.dgs_forward(f, f_t, t, y, w_s, w_t, w_x, b_s, b_t, b_x, lam, eps, with_align,
-                            project, published)
+                            project, published, want_harmful)
 
 
 @torch.library.custom_op("dgsnet_triton::dgs_backward", mutates_args=())

@@ -414,7 +414,7 @@ def _rows_view(x: torch.Tensor) -> torch.Tensor:
 
 
 def dgs_forward(f, f_t, t, y, w_s, w_t, w_x, b_s, b_t, b_x, lam, eps, with_align, project,
-                published):
+                published, want_harmful=True):
     """Same contract as torch.ops.dgsnet.dgs_forward (csrc/ops.cpp)."""
     f, f_t, t = _rows_view(f), _rows_view(f_t), _rows_view(t)
     batch, dim = f.shape
@@ -434,6 +434,8 @@ def dgs_forward(f, f_t, t, y, w_s, w_t, w_x, b_s, b_t, b_x, lam, eps, with_align
     with on_device(f.device):
         _forward_kernels(f, f_t, t, y, w_s, w_t, w_x, b_s, b_t, b_x, harmful, coef, rowloss,
                          head_sums, losses, dummy, scalars((lam, eps), acc, f.device), with_align)
+    if not want_harmful:  # written to scratch all the same; the schema's (0, D) output
+        harmful = f.new_empty((0, dim), dtype=acc)
     return (*losses, harmful, coef, head_sums)
 
 
