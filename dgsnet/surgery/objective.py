@@ -8,7 +8,6 @@ which must agree with it. Nothing else happens here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
@@ -36,13 +35,15 @@ class DGSLoss:
     text: torch.Tensor
     align: torch.Tensor
     teacher: torch.Tensor
-    _harmful: torch.Tensor | Callable[[], torch.Tensor] = field(repr=False)
+    # the tensor, or the (coef, w_x) pair fused.harmful_rows forms it from (a pair, not a
+    # closure: building a closure per call cost more than the row pass it saves at B=1)
+    _harmful: torch.Tensor | tuple[torch.Tensor, torch.Tensor] = field(repr=False)
 
     @property
     def harmful(self) -> torch.Tensor:
         h = self._harmful
         if not isinstance(h, torch.Tensor):
-            h = self._harmful = h()
+            h = self._harmful = fused.harmful_rows(*h)
         return h
 
     def terms(self) -> dict[str, float]:

@@ -51,12 +51,12 @@ def _const(x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     return x if x.dtype == dtype else x.to(dtype)
 
 
-def _harmful_rows(coef: torch.Tensor, w_x: torch.Tensor):
-    """h from the saved per-row coefficients, formed on first use: relu(c_X w_X) / (||.|| + eps)
-    is relu(coef[:, 2] w_x) * coef[:, 3] (csrc/ops.cpp), so a call that does not read h never
-    writes its B x D values."""
+def harmful_rows(coef: torch.Tensor, w_x: torch.Tensor) -> torch.Tensor:
+    """h from dgs_forward's per-row coefficients: relu(c_X w_X) / (||.|| + eps) is
+    relu(coef[:, 2] w_x) * coef[:, 3] (csrc/ops.cpp). DGSLoss.harmful calls it on first use, so
+    a step that does not read h never writes its B x D values."""
     w = w_x.detach().reshape(1, -1).to(coef.dtype)
-    return lambda: torch.relu(coef[:, 2:3] * w) * coef[:, 3:4]
+    return torch.relu(coef[:, 2:3] * w) * coef[:, 3:4]
 
 
 def objective(op, student_feats, teacher_feats, text_feats, labels, heads, lam: float,
@@ -64,7 +64,7 @@ def objective(op, student_feats, teacher_feats, text_feats, labels, heads, lam: 
     """reference.objective's (total, img, text, align, teacher, harmful) by `op`, the
     registry's dgs_objective of `backend` (its dgs_forward op, whose autograd calls the matching
     dgs_backward; or that op's eager entry). harmful is a tensor in the layer modes, which use
-    it at once, and otherwise a function that forms it from the per-row coefficients.
+    it at once, and otherwise the pair (coef, w_x) that `harmful_rows` forms it from.
 
     heads: ((w_s, b_s), (w_t, b_t), (w_x, b_x)), each weight (1, D), bias (1,) or None.
     """
@@ -94,4 +94,4 @@ def objective(op, student_feats, teacher_feats, text_feats, labels, heads, lam: 
             _const(w_t, compute), _as(w_x, compute), None if b_s is None else _as(b_s, compute),
             _const(b_t, compute), None if b_x is None else _as(b_x, compute), float(lam),
             float(eps), with_align, project, published, want_harmful)
-    return total, img, text, align, teacher, harmful if want_harmful else _harmful_rows(coef, w_x)
+    return total, img, text, align, teacher, harmful if want_harmful else (coef, w_x)

@@ -161,7 +161,7 @@ def test_dgs_op_registration_without_harmful_rows():
 @pytest.mark.parametrize("batch,dim", [(1, 7), (33, 65), (300, 768)])
 def test_without_harmful_rows_the_rest_is_the_same(batch, dim, dtype):
     """want_harmful=False changes only the harmful output, which is then (0, D), and the rows
-    the caller forms from coef and w_x (fused._harmful_rows) are the kernel's; with several
+    the caller forms from coef and w_x (fused.harmful_rows) are the kernel's; with several
     row blocks (300 x 768) too."""
     args = [a.to(dtype) if torch.is_tensor(a) else a for a in _op_inputs(batch, dim, grad=False)]
     full = torch.ops.dgsnet.dgs_forward(*args, True)
@@ -169,7 +169,7 @@ def test_without_harmful_rows_the_rest_is_the_same(batch, dim, dtype):
     assert lean[5].shape == (0, dim) and full[5].shape == (batch, dim)
     for i in (0, 1, 2, 3, 4, 6, 7):
         assert torch.equal(full[i], lean[i]), i
-    rows = fused._harmful_rows(lean[6], args[6])()
+    rows = fused.harmful_rows(lean[6], args[6])
     tol = TOL[dtype]
     torch.testing.assert_close(rows, full[5], rtol=tol, atol=tol * float(full[5].abs().max()))
     assert torch.equal(rows == 0, full[5] == 0)  # the same rows and entries are zero
