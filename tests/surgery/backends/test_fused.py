@@ -175,6 +175,20 @@ def test_without_harmful_rows_the_rest_is_the_same(batch, dim, dtype):
     assert torch.equal(rows == 0, full[5] == 0)  # the same rows and entries are zero
 
 
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch,dim", [(1, 7), (300, 768)])
+def test_cuda_without_harmful_rows_the_rest_is_the_same(batch, dim):
+    args = [a.cuda() if torch.is_tensor(a) else a for a in _op_inputs(batch, dim, grad=False)]
+    full = torch.ops.dgsnet.dgs_forward(*args, True)
+    lean = torch.ops.dgsnet.dgs_forward(*args, False)
+    assert lean[5].shape == (0, dim) and full[5].shape == (batch, dim)
+    for i in (0, 1, 2, 3, 4, 6, 7):
+        assert torch.equal(full[i], lean[i]), i
+    rows = fused.harmful_rows(lean[6], args[6])
+    torch.testing.assert_close(rows, full[5], rtol=1e-10, atol=1e-10 * float(full[5].abs().max()))
+
+
 @needs_ext
 @pytest.mark.parametrize("mode", ["none", "feature", "layer", "both"])
 def test_harmful_is_formed_on_first_use_outside_the_layer_modes(mode):
