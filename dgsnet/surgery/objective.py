@@ -35,15 +35,23 @@ class DGSLoss:
     text: torch.Tensor
     align: torch.Tensor
     teacher: torch.Tensor
-    # the tensor, or the (coef, w_x) pair fused.harmful_rows forms it from (a pair, not a
-    # closure: building a closure per call cost more than the row pass it saves at B=1)
-    _harmful: torch.Tensor | tuple[torch.Tensor, torch.Tensor] = field(repr=False)
+    # the tensor, or (coef, w_x, w_x's version at the forward) that fused.harmful_rows forms
+    # it from (a tuple, not a closure: building a closure per call cost more than the row
+    # pass it saves at B=1)
+    _harmful: torch.Tensor | tuple[torch.Tensor, torch.Tensor, int] = field(repr=False)
 
     @property
     def harmful(self) -> torch.Tensor:
         h = self._harmful
         if not isinstance(h, torch.Tensor):
-            h = self._harmful = fused.harmful_rows(*h)
+            coef, w_x, version = h
+            if w_x._version != version:
+                raise RuntimeError(
+                    "DGSLoss.harmful is formed on first read from the text head's weight, which "
+                    "was changed in place after the forward (an optimizer step?). Read .harmful "
+                    "before changing the weight, or use mode='layer' or 'both', whose forward "
+                    "returns it computed.")
+            h = self._harmful = fused.harmful_rows(coef, w_x)
         return h
 
     def terms(self) -> dict[str, float]:

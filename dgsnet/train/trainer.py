@@ -444,7 +444,7 @@ class StageTrainer:
 
     def loss(self, images, labels, captions) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple]:
         """(loss, its terms for logs (device tensors: read only at log time), (encoder output,
-        harmful direction) for layer surgery)."""
+        harmful direction, None without layer surgery) for layer surgery)."""
         if self.stage == 1:
             with self._autocast():
                 feats = self.model.teacher_features(images)
@@ -461,7 +461,9 @@ class StageTrainer:
                             variant=self.cfg.variant, backend=self.cfg.backend, check_labels=False)
         terms = {k: getattr(out, k).detach() for k in ("total", "img", "text", "align", "teacher")}
         terms["align"] = terms["align"] / self.world  # the global-batch definition (see distributed.py)
-        return out.total, terms, (student, out.harmful)
+        # harmful only for layer surgery: reading it in the feature modes would form the B x D
+        # rows the objective skipped (DGSLoss.harmful)
+        return out.total, terms, (student, out.harmful if self.layer is not None else None)
 
     def _optimizer_step(self, micro: int) -> None:
         if micro != self.cfg.accum:  # a short accumulation at the end of an epoch

@@ -64,7 +64,7 @@ def objective(op, student_feats, teacher_feats, text_feats, labels, heads, lam: 
     """reference.objective's (total, img, text, align, teacher, harmful) by `op`, the
     registry's dgs_objective of `backend` (its dgs_forward op, whose autograd calls the matching
     dgs_backward; or that op's eager entry). harmful is a tensor in the layer modes, which use
-    it at once, and otherwise the pair (coef, w_x) that `harmful_rows` forms it from.
+    it at once, and otherwise (coef, w_x, w_x's version) that `harmful_rows` forms it from.
 
     heads: ((w_s, b_s), (w_t, b_t), (w_x, b_x)), each weight (1, D), bias (1,) or None.
     """
@@ -94,4 +94,7 @@ def objective(op, student_feats, teacher_feats, text_feats, labels, heads, lam: 
             _const(w_t, compute), _as(w_x, compute), None if b_s is None else _as(b_s, compute),
             _const(b_t, compute), None if b_x is None else _as(b_x, compute), float(lam),
             float(eps), with_align, project, published, want_harmful)
-    return total, img, text, align, teacher, harmful if want_harmful else (coef, w_x)
+    # w_x's version counter tells DGSLoss.harmful whether the weight changed (an optimizer
+    # step) before h is read; a copy per call cost ~8 us at B=1, more than the saved pass.
+    return (total, img, text, align, teacher,
+            harmful if want_harmful else (coef, w_x, w_x._version))

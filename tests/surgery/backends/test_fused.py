@@ -203,6 +203,24 @@ def test_harmful_is_formed_on_first_use_outside_the_layer_modes(mode):
 
 
 @needs_ext
+def test_harmful_is_never_formed_from_a_changed_weight():
+    """h formed on first use needs the text head's weight as it was at the forward: read
+    after an in-place change (an optimizer step) it is refused, never silently wrong; read
+    before, it stays what it was."""
+    case = Case(5, 11, seed=23)
+    heads = case.make_heads(torch.float64)
+    out = dgs_objective(case.f, case.f_t, case.t, case.labels, *heads, backend="cpp")
+    kept = dgs_objective(case.f, case.f_t, case.t, case.labels, *heads, backend="cpp")
+    first = kept.harmful
+    with torch.no_grad():
+        heads[2].weight.mul_(-3.0)  # what an optimizer step does, in place
+    with pytest.raises(RuntimeError, match="read .harmful before changing the weight|Read .harmful"):
+        out.harmful
+    assert kept.harmful is first
+    assert_rel_close(first, run(case, "reference")[0]["harmful"], TOL[torch.float64], "harmful")
+
+
+@needs_ext
 def test_dgs_op_gradcheck():
     """The autograd formula is the derivative of the forward (numerically, float64), with
     the projection off: the surgery deliberately is not a derivative."""
