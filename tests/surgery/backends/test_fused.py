@@ -156,6 +156,21 @@ def test_dgs_op_registration_without_harmful_rows():
     torch.library.opcheck(torch.ops.dgsnet.dgs_forward.default, (*_op_inputs(5, 9), False))
 
 
+def _without_harmful_rows(args, tol):
+    """dgs_forward with and without the harmful rows on `args` (batch, dim from args[0]): only
+    harmful differs, (0, D) without, and fused.harmful_rows forms the kernel's rows from coef.
+    Returns (formed rows, the kernel's rows)."""
+    batch, dim = args[0].shape
+    full = torch.ops.dgsnet.dgs_forward(*args, True)
+    lean = torch.ops.dgsnet.dgs_forward(*args, False)
+    assert lean[5].shape == (0, dim) and full[5].shape == (batch, dim)
+    for i in (0, 1, 2, 3, 4, 6, 7):
+        assert torch.equal(full[i], lean[i]), i
+    rows = fused.harmful_rows(lean[6], args[6])
+    torch.testing.assert_close(rows, full[5], rtol=tol, atol=tol * float(full[5].abs().max()))
+    return rows, full[5]
+
+
 @needs_ext
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("batch,dim", [(1, 7), (33, 65), (300, 768)])
@@ -164,29 +179,16 @@ def test_without_harmful_rows_the_rest_is_the_same(batch, dim, dtype):
     the caller forms from coef and w_x (fused.harmful_rows) are the kernel's; with several
     row blocks (300 x 768) too."""
     args = [a.to(dtype) if torch.is_tensor(a) else a for a in _op_inputs(batch, dim, grad=False)]
-    full = torch.ops.dgsnet.dgs_forward(*args, True)
-    lean = torch.ops.dgsnet.dgs_forward(*args, False)
-    assert lean[5].shape == (0, dim) and full[5].shape == (batch, dim)
-    for i in (0, 1, 2, 3, 4, 6, 7):
-        assert torch.equal(full[i], lean[i]), i
-    rows = fused.harmful_rows(lean[6], args[6])
-    tol = TOL[dtype]
-    torch.testing.assert_close(rows, full[5], rtol=tol, atol=tol * float(full[5].abs().max()))
-    assert torch.equal(rows == 0, full[5] == 0)  # the same rows and entries are zero
+    rows, kernel_rows = _without_harmful_rows(args, TOL[dtype])
+    assert torch.equal(rows == 0, kernel_rows == 0)  # the same rows and entries are zero
 
 
 @needs_cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("batch,dim", [(1, 7), (300, 768)])
 def test_cuda_without_harmful_rows_the_rest_is_the_same(batch, dim):
-    args = [a.cuda() if torch.is_tensor(a) else a for a in _op_inputs(batch, dim, grad=False)]
-    full = torch.ops.dgsnet.dgs_forward(*args, True)
-    lean = torch.ops.dgsnet.dgs_forward(*args, False)
-    assert lean[5].shape == (0, dim) and full[5].shape == (batch, dim)
-    for i in (0, 1, 2, 3, 4, 6, 7):
-        assert torch.equal(full[i], lean[i]), i
-    rows = fused.harmful_rows(lean[6], args[6])
-    torch.testing.assert_close(rows, full[5], rtol=1e-10, atol=1e-10 * float(full[5].abs().max()))
+    _without_harmful_rows([a.cuda() if torch.is_tensor(a) else a
+                           for a in _op_inputs(batch, dim, grad=False)], 1e-10)
 
 
 @needs_ext
