@@ -7,22 +7,13 @@
 #include <torch/library.h>
 #include <torch/extension.h>
 
+#include "op_signatures.h"
+
 namespace dgsnet {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-using OptTensor = std::optional<at::Tensor>;
-
-using ForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                              at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
-    double, double, bool, bool, bool, bool);
-using BackwardSig = std::tuple<at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&, double, bool, bool, bool,
-    at::ScalarType);
 
 constexpr int kForwardArgs = 16;
 

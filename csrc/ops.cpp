@@ -6,6 +6,8 @@
 #include <torch/library.h>
 #include <torch/extension.h>
 
+#include "op_signatures.h"
+
 TORCH_LIBRARY(dgsnet, m) {
   // The whole DGS-Net stage-2 objective (docs/method.md section 2) in one pass over
   // the rows. Heads are linear, so per row i with c = (sigmoid(z) - y) / B:
@@ -43,7 +45,8 @@ TORCH_LIBRARY(dgsnet, m) {
 }
 
 namespace {
-using OptTensor = std::optional<at::Tensor>;
+using dgsnet::ForwardSig;
+using dgsnet::OptTensor;
 
 // dgs_forward for eager Python callers, through the dispatcher (autograd, the device's
 // kernel, profiler events and dispatch modes as with torch.ops.dgsnet.dgs_forward) but
@@ -59,14 +62,9 @@ dgs_forward_eager(const at::Tensor& f, const at::Tensor& f_t, const at::Tensor& 
                   const OptTensor& b_x, double lam, double eps, bool with_align, bool project,
                   bool published, bool want_harmful, at::ScalarType feat_dtype,
                   at::ScalarType acc_dtype) {
-  static auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("dgsnet::dgs_forward", "")
-          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                            at::Tensor, at::Tensor>(
-              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-              const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&,
-              const OptTensor&, const OptTensor&, double, double, bool, bool, bool, bool)>();
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("dgsnet::dgs_forward", "")
+                       .typed<ForwardSig>();
   auto as = [](const at::Tensor& x, at::ScalarType dtype) {
     return x.scalar_type() == dtype ? x : x.to(dtype);
   };
