@@ -21,6 +21,18 @@ OptTensor defined_or_none(const at::Tensor& t) {
   return t.defined() ? OptTensor(t) : std::nullopt;
 }
 
+// Row-major strides for x's sizes (what the gradient of a parameter is expected to have).
+std::vector<c10::SymInt> contiguous_strides(const at::Tensor& x) {
+  const auto sizes = x.sym_sizes();
+  std::vector<c10::SymInt> strides(sizes.size());
+  c10::SymInt step = 1;
+  for (int64_t k = static_cast<int64_t>(sizes.size()) - 1; k >= 0; --k) {
+    strides[k] = step;
+    step = step * sizes[k];
+  }
+  return strides;
+}
+
 class DgsObjectiveFunction : public torch::autograd::Function<DgsObjectiveFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& f, const at::Tensor& f_t,
@@ -82,18 +94,23 @@ class DgsObjectiveFunction : public torch::autograd::Function<DgsObjectiveFuncti
       const at::Tensor dt = up(d_total);
       grad_heads = head_sums * at::stack({dt + up(d_img), dt + up(d_text)}).unsqueeze(1);
     }
-    // Sym sizes: under torch.compile with dynamic shapes D is symbolic.
+    // Each head gradient is one strided view of grad_heads (row 0: student w, b; row 1:
+    // text w, b), shaped and strided like a contiguous parameter: a single op where
+    // select/narrow/view took three, each a dispatcher call. Sym sizes: under
+    // torch.compile with dynamic shapes D is symbolic.
     const c10::SymInt dim = w_s.sym_numel();
+    auto head_grad = [&](const at::Tensor& param, const c10::SymInt& offset) {
+      return grad_heads.as_strided_symint(param.sym_sizes(), contiguous_strides(param), offset);
+    };
     if (ctx->needs_input_grad(0)) out[0] = grad_f;
-    if (ctx->needs_input_grad(4))
-      out[4] = grad_heads.select(0, 0).narrow_symint(0, 0, dim).view_symint(w_s.sym_sizes());
-    if (ctx->needs_input_grad(6))
-      out[6] = grad_heads.select(0, 1).narrow_symint(0, 0, dim).view_symint(w_x.sym_sizes());
+    if (ctx->needs_input_grad(4)) out[4] = head_grad(w_s, 0);
+    if (ctx->needs_input_grad(6)) out[6] = head_grad(w_x, dim + 1);
     // Biases are (1,)-shaped or absent; absent ones are not inputs of the node.
+    static const std::vector<c10::SymInt> kOne{c10::SymInt(1)};
     if (ctx->saved_data["b_s"].toBool() && ctx->needs_input_grad(7))
-      out[7] = grad_heads.select(0, 0).narrow_symint(0, dim, 1);
+      out[7] = grad_heads.as_strided_symint(kOne, kOne, dim);
     if (ctx->saved_data["b_x"].toBool() && ctx->needs_input_grad(9))
-      out[9] = grad_heads.select(0, 1).narrow_symint(0, dim, 1);
+      out[9] = grad_heads.as_strided_symint(kOne, kOne, 2 * dim + 1);
     return out;
   }
 };

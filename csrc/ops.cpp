@@ -53,7 +53,9 @@ using dgsnet::OptTensor;
 // without torch.ops' per-argument schema matching (about 5 us of a 15-argument call), with
 // the dtype casts of backends/fused.py done here (features to feat_dtype, the rest to
 // acc_dtype; differentiable, as there) and only the seven outputs a caller reads returned.
-// Frozen inputs are not detached: the op's autograd gives them no gradient either way.
+// Inputs the op never differentiates (f_t, t, y, w_t, b_t) are detached when they require
+// grad, as backends/fused.py does: a trainable teacher head otherwise adds two gradient
+// nodes the engine visits with nothing to accumulate (several us per step).
 // torch.compile and __torch_function__ overrides use torch.ops (backends/fused.py decides).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 dgs_forward_eager(const at::Tensor& f, const at::Tensor& f_t, const at::Tensor& t,
@@ -68,14 +70,18 @@ dgs_forward_eager(const at::Tensor& f, const at::Tensor& f_t, const at::Tensor& 
   auto as = [](const at::Tensor& x, at::ScalarType dtype) {
     return x.scalar_type() == dtype ? x : x.to(dtype);
   };
-  auto as_opt = [&](const OptTensor& x) -> OptTensor {
+  auto as_const = [&](const at::Tensor& x, at::ScalarType dtype) {
+    return as(x.requires_grad() ? x.detach() : x, dtype);
+  };
+  auto as_opt = [&](const OptTensor& x, bool constant) -> OptTensor {
     if (!x.has_value() || !x->defined()) return std::nullopt;
-    return as(*x, acc_dtype);
+    return constant ? as_const(*x, acc_dtype) : as(*x, acc_dtype);
   };
   auto [total, img, text, align, teacher, harmful, coef, head_sums] =
-      op.call(as(f, feat_dtype), as(f_t, feat_dtype), as(t, feat_dtype), as(y, acc_dtype),
-              as(w_s, acc_dtype), as(w_t, acc_dtype), as(w_x, acc_dtype), as_opt(b_s),
-              as_opt(b_t), as_opt(b_x), lam, eps, with_align, project, published, want_harmful);
+      op.call(as(f, feat_dtype), as_const(f_t, feat_dtype), as_const(t, feat_dtype),
+              as_const(y, acc_dtype), as(w_s, acc_dtype), as_const(w_t, acc_dtype),
+              as(w_x, acc_dtype), as_opt(b_s, false), as_opt(b_t, true), as_opt(b_x, false), lam,
+              eps, with_align, project, published, want_harmful);
   return {total, img, text, align, teacher, harmful, coef};
 }
 

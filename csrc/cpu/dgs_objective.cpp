@@ -7,9 +7,10 @@
 // exact), so no per-call copy of the weights is made.
 // Forward: rows are split into a fixed number of blocks (a function of B and
 // D only, so results do not depend on the thread count); each block walks its
-// rows: a first pass per row gives the three logits, a second the alignment
-// dot product against Q- or Q+ (picked by the sign of c_T, known by then) and
-// writes the harmful row, both while the row is in L1; then groups of kGroup
+// rows: one pass per row gives the three logits and the row's dot products
+// with both Q- and Q+ (the alignment term takes the one the sign of c_T picks),
+// five independent sums so the pass is not held up by one add chain; the
+// harmful row, when wanted, is written from the weights alone; then groups of kGroup
 // rows add into the block's head sums with one load/store of the sums per
 // group. The block sums are then added in block order.
 // Backward: independent rows; the row's dot product with the harmful
@@ -106,6 +107,10 @@ DGSNET_ALWAYS_INLINE void forward_rows(const ForwardArgs<T>& a, int64_t r0, int6
     const T* fr[kGroup];
     const T* tr[kGroup];
     T cs[kGroup], cx[kGroup];
+    // The group's dot products first, then its scalar work: the rows' sigmoids and
+    // logs are independent of one another and overlap, where one row's scalar
+    // chain after its vector loop stalled the next row's loads.
+    T dots[kGroup][5];
     for (int q = 0; q < nr; ++q) {
       const int64_t r = g0 + q;
       const T* f = a.f + r * a.ld_f;
@@ -113,52 +118,52 @@ DGSNET_ALWAYS_INLINE void forward_rows(const ForwardArgs<T>& a, int64_t r0, int6
       const T* t = a.t + r * a.ld_t;
       fr[q] = f;
       tr[q] = t;
-      // Pass 1: the logits <f, w_S>, <f_T, w_T>, <t, w_X>.
-      Vec<T> s0{}, s1{}, s2{};
+      // One pass over the row: the logits <f, w_S>, <f_T, w_T>, <t, w_X> and both
+      // alignment candidates <f, Q->, <f, Q+> (which one counts depends on the sign
+      // of c_T, known only after the pass). Five independent sums: a second pass for
+      // the alignment alone was one dependent chain, latency-bound.
+      Vec<T> s0{}, s1{}, s2{}, sn{}, sp{};
       for (int64_t j = 0; j < Dv; j += L) {
-        s0 += load(f + j) * load(ws + j);
-        s1 += load(ft + j) * load(wt + j);
+        const Vec<T> fj = load(f + j), wtj = load(wt + j);
+        s0 += fj * load(ws + j);
+        s1 += load(ft + j) * wtj;
         s2 += load(t + j) * load(wx + j);
+        sn += fj * simd::vmin0<T>(wtj);
+        sp += fj * simd::vmax0<T>(wtj);
       }
       T zs = reduce<T>(s0), zt = reduce<T>(s1), zx = reduce<T>(s2);
+      T fqn = reduce<T>(sn), fqp = reduce<T>(sp);
       for (int64_t j = Dv; j < D; ++j) {
         zs += f[j] * ws[j];
         zt += ft[j] * wt[j];
         zx += t[j] * wx[j];
+        fqn += f[j] * std::min(wt[j], T(0));
+        fqp += f[j] * std::max(wt[j], T(0));
       }
-      zs += a.bs;
-      zt += a.bt;
-      zx += a.bx;
+      dots[q][0] = zs + a.bs;
+      dots[q][1] = zt + a.bt;
+      dots[q][2] = zx + a.bx;
+      dots[q][3] = fqn;
+      dots[q][4] = fqp;
+    }
+    for (int q = 0; q < nr; ++q) {
+      const int64_t r = g0 + q;
       const T y = a.y[r];
       T sig_s, sig_t, sig_x, bce_s, bce_t, bce_x;
-      sigmoid_and_bce(zs, y, &sig_s, &bce_s);
-      sigmoid_and_bce(zt, y, &sig_t, &bce_t);
-      sigmoid_and_bce(zx, y, &sig_x, &bce_x);
+      sigmoid_and_bce(dots[q][0], y, &sig_s, &bce_s);
+      sigmoid_and_bce(dots[q][1], y, &sig_t, &bce_t);
+      sigmoid_and_bce(dots[q][2], y, &sig_x, &bce_x);
       const T c_s = (sig_s - y) / batch, c_t = (sig_t - y) / batch, c_x = (sig_x - y) / batch;
       const bool pos = c_x > T(0);
       const T inv_norm = T(1) / (std::abs(c_x) * (pos ? a.norm_pos : a.norm_neg) + a.eps);
-      const T sh = std::abs(c_x) * inv_norm;  // harmful row = sh * (P+ or P-)
-      // Pass 2 (the row is in L1 now): <f, Q> with Q = Q- for c_T > 0, else Q+,
-      // as sq * <f, min(sq w_T, 0)> (sq = +-1); harmful row = sh relu(sp w_X).
-      const T sq = c_t > T(0) ? T(1) : T(-1), sp = pos ? T(1) : T(-1);
-      const Vec<T> vsq = simd::splat(sq), vsp = simd::splat(sp), vsh = simd::splat(sh);
-      Vec<T> s3{};
-      T fq;
-      if (a.harmful != nullptr) {
+      // <f, min(c_T w_T, 0)> = c_T <f, Q-> for c_T > 0, else c_T <f, Q+>.
+      const T fq = c_t > T(0) ? dots[q][3] : dots[q][4];
+      if (a.harmful != nullptr) {  // harmful row = sh relu(sp w_X), sp = +-1
+        const T sh = std::abs(c_x) * inv_norm, sgn = pos ? T(1) : T(-1);
+        const Vec<T> vsh = simd::splat(sh), vsg = simd::splat(sgn);
         T* h = a.harmful + r * D;
-        for (int64_t j = 0; j < Dv; j += L) {
-          s3 += load(f + j) * simd::vmin0<T>(vsq * load(wt + j));
-          store(h + j, vsh * simd::vmax0<T>(vsp * load(wx + j)));
-        }
-        fq = reduce<T>(s3);
-        for (int64_t j = Dv; j < D; ++j) {
-          fq += f[j] * std::min(sq * wt[j], T(0));
-          h[j] = sh * std::max(sp * wx[j], T(0));
-        }
-      } else {  // the same sum, in the same order, without the harmful rows
-        for (int64_t j = 0; j < Dv; j += L) s3 += load(f + j) * simd::vmin0<T>(vsq * load(wt + j));
-        fq = reduce<T>(s3);
-        for (int64_t j = Dv; j < D; ++j) fq += f[j] * std::min(sq * wt[j], T(0));
+        for (int64_t j = 0; j < Dv; j += L) store(h + j, vsh * simd::vmax0<T>(vsg * load(wx + j)));
+        for (int64_t j = Dv; j < D; ++j) h[j] = sh * std::max(sgn * wx[j], T(0));
       }
       cs[q] = c_s;
       cx[q] = c_x;
@@ -169,7 +174,7 @@ DGSNET_ALWAYS_INLINE void forward_rows(const ForwardArgs<T>& a, int64_t r0, int6
       cr[kCoefInvNorm] = inv_norm;
       loss[0] += bce_s;
       loss[1] += bce_x;
-      loss[2] += c_t * (sq * fq);  // <f, min(c_T w_T, 0)>
+      loss[2] += c_t * fq;
       loss[3] += bce_t;
       cs_sum += c_s;
       cx_sum += c_x;

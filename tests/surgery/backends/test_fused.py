@@ -92,6 +92,41 @@ def test_cpp_frozen_features_train_the_heads_without_the_row_pass(mode):
 
 
 @needs_ext
+def test_cpp_head_gradients_are_laid_out_like_their_parameters_and_accumulate():
+    """The head gradients are strided views of one kernel buffer: each must have its
+    parameter's shape and row-major strides (so AccumulateGrad keeps it without a copy), none
+    may overlap another, a second backward must add to them exactly as the reference's do, and
+    the teacher head, which the objective never differentiates, is no edge of the graph."""
+    case = Case(9, 21, seed=5)
+    grads = {}
+    for backend in ("cpp", "reference"):
+        f = case.f.clone().requires_grad_(True)
+        heads = case.make_heads(torch.float64)
+        for _ in range(2):  # the second call's gradients accumulate onto the first's
+            out = dgs_objective(f, case.f_t, case.t, case.labels, *heads, backend=backend)
+            out.total.backward()
+        params = {f"{n}.{k}": p for n, h in zip(("student", "teacher", "text"), heads)
+                  for k, p in h.named_parameters()}
+        grads[backend] = {n: p.grad for n, p in params.items()}
+        if backend == "cpp":
+            edges = {id(fn.variable) for fn, _ in out.total.grad_fn.next_functions
+                     if fn is not None and hasattr(fn, "variable")}
+            assert id(heads[1].weight) not in edges and id(heads[1].bias) not in edges
+            assert id(heads[0].weight) in edges and id(heads[2].bias) in edges
+    for name, g in grads["cpp"].items():
+        ref = grads["reference"][name]
+        if name.startswith("teacher"):
+            assert g is None and ref is None
+            continue
+        assert g.shape == ref.shape and g.stride() == ref.stride(), name
+        assert_rel_close(g, ref, TOL[torch.float64])
+    trained = [g for n, g in grads["cpp"].items() if g is not None]
+    before = [g.clone() for g in trained]
+    trained[0].add_(1.0)  # writing one gradient leaves the others alone
+    assert all(torch.equal(g, b) for g, b in zip(trained[1:], before[1:]))
+
+
+@needs_ext
 def test_cpp_half_precision_features_promote_to_float32():
     case = Case(5, 24, torch.float32, seed=10)
     got = run(case, "cpp", dtype=torch.bfloat16)
