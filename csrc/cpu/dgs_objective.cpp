@@ -15,7 +15,8 @@
 // group. The block sums are then added in block order.
 // Backward: independent rows; the row's dot product with the harmful
 // direction is a combination of six per-call dot products of the weight
-// parts, so each row is one fused pass of three multiply-adds per element.
+// parts, so each row is one fused pass of three multiply-adds per element
+// over w_S and two of the four weight parts, which are formed once per call.
 // Scalars (biases, upstream gradients) are read through data pointers, not
 // item(): each item() is a dispatcher call, microseconds at B=1.
 #include <ATen/Dispatch.h>
@@ -27,6 +28,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <vector>
 
 #include "../dgs_math.h"
 #include "../shape_checks.h"
@@ -88,6 +90,46 @@ DGSNET_ALWAYS_INLINE void add_rows(T* sum_f, T* sum_t, const T* const* fr, const
     }
 }
 
+// One pass over row r: the logits <f, w_S> + b_S, <f_T, w_T> + b_T, <t, w_X> + b_X and
+// both alignment candidates <f, Q->, <f, Q+> (which one counts depends on the sign of
+// c_T, known only after the pass), into dots[0..4]. Five independent sums: a second
+// pass for the alignment alone was one dependent chain.
+template <typename T>
+DGSNET_ALWAYS_INLINE void row_dots(const ForwardArgs<T>& a, int64_t r, T* dots) {
+  constexpr int L = kLanes<T>;
+  const int64_t D = a.dim;
+  const int64_t Dv = D - D % L;
+  const T* ws = a.ws;
+  const T* wt = a.wt;
+  const T* wx = a.wx;
+  const T* f = a.f + r * a.ld_f;
+  const T* ft = a.ft + r * a.ld_ft;
+  const T* t = a.t + r * a.ld_t;
+  Vec<T> s0{}, s1{}, s2{}, sn{}, sp{};
+  for (int64_t j = 0; j < Dv; j += L) {
+    const Vec<T> fj = load(f + j), wtj = load(wt + j);
+    s0 += fj * load(ws + j);
+    s1 += load(ft + j) * wtj;
+    s2 += load(t + j) * load(wx + j);
+    sn += fj * simd::vmin0<T>(wtj);
+    sp += fj * simd::vmax0<T>(wtj);
+  }
+  T zs = reduce<T>(s0), zt = reduce<T>(s1), zx = reduce<T>(s2);
+  T fqn = reduce<T>(sn), fqp = reduce<T>(sp);
+  for (int64_t j = Dv; j < D; ++j) {
+    zs += f[j] * ws[j];
+    zt += ft[j] * wt[j];
+    zx += t[j] * wx[j];
+    fqn += f[j] * std::min(wt[j], T(0));
+    fqp += f[j] * std::max(wt[j], T(0));
+  }
+  dots[0] = zs + a.bs;
+  dots[1] = zt + a.bt;
+  dots[2] = zx + a.bx;
+  dots[3] = fqn;
+  dots[4] = fqp;
+}
+
 template <typename T>
 DGSNET_ALWAYS_INLINE void forward_rows(const ForwardArgs<T>& a, int64_t r0, int64_t r1, T* sums,
                                        T* losses) {
@@ -97,8 +139,6 @@ DGSNET_ALWAYS_INLINE void forward_rows(const ForwardArgs<T>& a, int64_t r0, int6
   T* sum_f = sums;
   T* sum_t = sums + D + 1;
   const T batch = static_cast<T>(a.batch);
-  const T* ws = a.ws;
-  const T* wt = a.wt;
   const T* wx = a.wx;
   T loss[4] = {losses[0], losses[1], losses[2], losses[3]};
   T cs_sum = sum_f[D], cx_sum = sum_t[D];
@@ -107,44 +147,12 @@ DGSNET_ALWAYS_INLINE void forward_rows(const ForwardArgs<T>& a, int64_t r0, int6
     const T* fr[kGroup];
     const T* tr[kGroup];
     T cs[kGroup], cx[kGroup];
-    // The group's dot products first, then its scalar work: the rows' sigmoids and
-    // logs are independent of one another and overlap, where one row's scalar
-    // chain after its vector loop stalled the next row's loads.
+    // The group's dot products, then its scalar work row by row.
     T dots[kGroup][5];
     for (int q = 0; q < nr; ++q) {
-      const int64_t r = g0 + q;
-      const T* f = a.f + r * a.ld_f;
-      const T* ft = a.ft + r * a.ld_ft;
-      const T* t = a.t + r * a.ld_t;
-      fr[q] = f;
-      tr[q] = t;
-      // One pass over the row: the logits <f, w_S>, <f_T, w_T>, <t, w_X> and both
-      // alignment candidates <f, Q->, <f, Q+> (which one counts depends on the sign
-      // of c_T, known only after the pass). Five independent sums: a second pass for
-      // the alignment alone was one dependent chain, latency-bound.
-      Vec<T> s0{}, s1{}, s2{}, sn{}, sp{};
-      for (int64_t j = 0; j < Dv; j += L) {
-        const Vec<T> fj = load(f + j), wtj = load(wt + j);
-        s0 += fj * load(ws + j);
-        s1 += load(ft + j) * wtj;
-        s2 += load(t + j) * load(wx + j);
-        sn += fj * simd::vmin0<T>(wtj);
-        sp += fj * simd::vmax0<T>(wtj);
-      }
-      T zs = reduce<T>(s0), zt = reduce<T>(s1), zx = reduce<T>(s2);
-      T fqn = reduce<T>(sn), fqp = reduce<T>(sp);
-      for (int64_t j = Dv; j < D; ++j) {
-        zs += f[j] * ws[j];
-        zt += ft[j] * wt[j];
-        zx += t[j] * wx[j];
-        fqn += f[j] * std::min(wt[j], T(0));
-        fqp += f[j] * std::max(wt[j], T(0));
-      }
-      dots[q][0] = zs + a.bs;
-      dots[q][1] = zt + a.bt;
-      dots[q][2] = zx + a.bx;
-      dots[q][3] = fqn;
-      dots[q][4] = fqp;
+      fr[q] = a.f + (g0 + q) * a.ld_f;
+      tr[q] = a.t + (g0 + q) * a.ld_t;
+      row_dots(a, g0 + q, dots[q]);
     }
     for (int q = 0; q < nr; ++q) {
       const int64_t r = g0 + q;
@@ -179,7 +187,7 @@ DGSNET_ALWAYS_INLINE void forward_rows(const ForwardArgs<T>& a, int64_t r0, int6
       cs_sum += c_s;
       cx_sum += c_x;
     }
-    // Pass 3, over the group: the head sums, one load/store of them per group.
+    // Then, over the group: the head sums, one load/store of them per group.
     if (nr == kGroup)
       add_rows<kGroup>(sum_f, sum_t, fr, tr, cs, cx, D);
     else
@@ -319,8 +327,7 @@ template <typename T>
 struct BackwardArgs {
   const T* coef;
   const T* ws;
-  const T* wt;
-  const T* wx;
+  const T* parts;  // (4, D): Q-, -Q+ (= min(+-w_T, 0)), P+, P- (= relu(+-w_X)); see weight_parts
   T ws_p[2];       // <w_S, P+>, <w_S, P->
   T q_p[2][2];     // <Q-, P+>, <Q-, P->; <Q+, P+>, <Q+, P->
   int64_t dim;
@@ -330,6 +337,30 @@ struct BackwardArgs {
   bool published;
   T* out;  // (B, D) contiguous
 };
+
+// The four signed weight parts the rows combine, formed once per call: every row then
+// reads two of them (a load each) where forming them in its loop cost three operations
+// per element and part (the backward ran ~25% longer). min(s w, 0) and relu(s w) with
+// s = +-1, exact; the same expressions the forward forms in registers.
+template <typename T>
+DGSNET_ALWAYS_INLINE void weight_parts(const T* wt, const T* wx, int64_t D, T* parts) {
+  constexpr int L = kLanes<T>;
+  const int64_t Dv = D - D % L;
+  const Vec<T> one = simd::splat(T(1)), minus = simd::splat(T(-1));
+  for (int64_t j = 0; j < Dv; j += L) {
+    const Vec<T> t = load(wt + j), x = load(wx + j);
+    store(parts + j, simd::vmin0<T>(one * t));
+    store(parts + D + j, simd::vmin0<T>(minus * t));
+    store(parts + 2 * D + j, simd::vmax0<T>(one * x));
+    store(parts + 3 * D + j, simd::vmax0<T>(minus * x));
+  }
+  for (int64_t j = Dv; j < D; ++j) {
+    parts[j] = std::min(T(1) * wt[j], T(0));
+    parts[D + j] = std::min(T(-1) * wt[j], T(0));
+    parts[2 * D + j] = std::max(T(1) * wx[j], T(0));
+    parts[3 * D + j] = std::max(T(-1) * wx[j], T(0));
+  }
+}
 
 // Per row, with b = c_T Q (Q = Q- for c_T > 0, else Q+) and h = s P (s = |c_X| inv,
 // P = P+ for c_X > 0, else P-), G = a_s w_S + a_in b and
@@ -341,8 +372,6 @@ DGSNET_ALWAYS_INLINE void backward_rows(const BackwardArgs<T>& a, int64_t r0, in
   const int64_t D = a.dim;
   const int64_t Dv = D - D % L;
   const T* ws = a.ws;
-  const T* wt = a.wt;
-  const T* wx = a.wx;
   // The alignment gradient joins the projected part (published) or is added after it (paper).
   const bool align_inside = !a.project || a.published;
   const T a_in = align_inside ? a.scale_a : T(0);
@@ -351,22 +380,35 @@ DGSNET_ALWAYS_INLINE void backward_rows(const BackwardArgs<T>& a, int64_t r0, in
     const T* cr = a.coef + r * kCoefCount;
     const T as = a.scale_s * cr[kCoefS], ct = cr[kCoefT], cx = cr[kCoefX], inv = cr[kCoefInvNorm];
     const int ip = cx > T(0) ? 0 : 1, iq = ct > T(0) ? 0 : 1;
-    // P = relu(sp w_X), Q = sq min(sq w_T, 0) with sp, sq = +-1 (as in the forward).
-    const T sp = ip == 0 ? T(1) : T(-1), sq = iq == 0 ? T(1) : T(-1);
+    // Q = sq min(sq w_T, 0) = sq parts[iq], sq = +-1; P = parts[2 + ip] (as in the forward).
+    const T sq = iq == 0 ? T(1) : T(-1);
     const T s = std::abs(cx) * inv;
     const T dot = a.project ? s * (as * a.ws_p[ip] + a_in * ct * a.q_p[iq][ip]) : T(0);
     const T kq = (a_in + a_out) * ct * sq, kp = -dot * s;
+    const T* q = a.parts + iq * D;
+    const T* pp = a.parts + (2 + ip) * D;
     T* o = a.out + r * D;
-    const Vec<T> vas = simd::splat(as), vkq = simd::splat(kq), vkp = simd::splat(kp),
-                 vsp = simd::splat(sp), vsq = simd::splat(sq);
+    const Vec<T> vas = simd::splat(as), vkq = simd::splat(kq), vkp = simd::splat(kp);
     for (int64_t j = 0; j < Dv; j += L)
-      store(o + j, vas * load(ws + j) + vkq * simd::vmin0<T>(vsq * load(wt + j)) +
-                       vkp * simd::vmax0<T>(vsp * load(wx + j)));
-    for (int64_t j = Dv; j < D; ++j)
-      o[j] = as * ws[j] + kq * std::min(sq * wt[j], T(0)) + kp * std::max(sp * wx[j], T(0));
+      store(o + j, vas * load(ws + j) + vkq * load(q + j) + vkp * load(pp + j));
+    for (int64_t j = Dv; j < D; ++j) o[j] = as * ws[j] + kq * q[j] + kp * pp[j];
   }
 }
 
+DGSNET_MULTIVERSION void weight_parts_f32(const float* wt, const float* wx, int64_t D,
+                                         float* parts) {
+  weight_parts(wt, wx, D, parts);
+}
+DGSNET_MULTIVERSION void weight_parts_f64(const double* wt, const double* wx, int64_t D,
+                                         double* parts) {
+  weight_parts(wt, wx, D, parts);
+}
+inline void weight_parts_any(const float* wt, const float* wx, int64_t D, float* parts) {
+  weight_parts_f32(wt, wx, D, parts);
+}
+inline void weight_parts_any(const double* wt, const double* wx, int64_t D, double* parts) {
+  weight_parts_f64(wt, wx, D, parts);
+}
 DGSNET_MULTIVERSION void backward_rows_f32(const BackwardArgs<float>& a, int64_t r0, int64_t r1) {
   backward_rows(a, r0, r1);
 }
@@ -417,7 +459,9 @@ std::tuple<at::Tensor, at::Tensor> dgs_backward_cpu(
       d[4] += qp * p;
       d[5] += qp * n;
     }
-    BackwardArgs<T> a{coef.const_data_ptr<T>(), w, w_t_p, w_x_p,
+    std::vector<T> parts(4 * dim);
+    weight_parts_any(w_t_p, w_x_p, dim, parts.data());
+    BackwardArgs<T> a{coef.const_data_ptr<T>(), w, parts.data(),
                       {static_cast<T>(d[0]), static_cast<T>(d[1])},
                       {{static_cast<T>(d[2]), static_cast<T>(d[3])},
                        {static_cast<T>(d[4]), static_cast<T>(d[5])}},
