@@ -19,7 +19,7 @@ TORCH_LIBRARY(dgsnet, m) {
   // choose the backward: P(task + align), P(task) + align, or no projection.
   // want_harmful=false returns harmful as a (0, D) tensor: the rows are a function of
   // coef and w_x (harmful[i] = relu(coef[i, 2] w_x) coef[i, 3]), which the caller can
-  // form when it needs them, and the CPU kernel then skips writing B x D values.
+  // form when it needs them, and the kernels then skip writing B x D values.
   // f, f_t, t share one floating dtype; labels, head weights (D elements) and
   // biases (one element or None) are float32, or float64 for float64 features.
   m.def(

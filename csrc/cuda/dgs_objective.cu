@@ -99,7 +99,7 @@ struct ForwardParams {
   acc_t lam, eps;
   bool with_align;
   bool vec;          // rows, weights and D allow 16-byte loads in phase A
-  acc_t* harmful;    // (B, D)
+  acc_t* harmful;    // (B, D), or nullptr: not written (want_harmful=false)
   acc_t* coef;       // (B, 4)
   acc_t* head_sums;  // (2, D+1)
   acc_t* total;  // five separate scalars
@@ -235,8 +235,10 @@ dgs_forward_kernel(const ForwardParams<scalar_t, acc_t> p) {
       const acc_t cs = cr[kCoefS], cx = cr[kCoefX];
       sf += cs * static_cast<acc_t>(p.f[r * p.ld_f + j]);
       st += cx * static_cast<acc_t>(p.t[r * p.ld_t + j]);
-      const acc_t g = cx * wxj;
-      p.harmful[r * D + j] = (g > acc_t(0) ? g : acc_t(0)) * cr[kCoefInvNorm];
+      if (p.harmful != nullptr) {  // the same for every thread: no divergence
+        const acc_t g = cx * wxj;
+        p.harmful[r * D + j] = (g > acc_t(0) ? g : acc_t(0)) * cr[kCoefInvNorm];
+      }
     }
     part[j] = sf;
     part[D + 1 + j] = st;
@@ -332,7 +334,7 @@ ForwardOut dgs_forward_cuda(const at::Tensor& f_in, const at::Tensor& ft_in, con
              b_x = contiguous_or_none(b_x_in);
   const int64_t batch = f.size(0), dim = f.size(1);
   const auto opts = f.options().dtype(dgs_acc_type(f.scalar_type()));
-  at::Tensor harmful = at::empty({batch, dim}, opts);
+  at::Tensor harmful = at::empty({want_harmful ? batch : 0, dim}, opts);
   at::Tensor coef = at::empty({batch, kCoefCount}, opts);
   at::Tensor head_sums = at::empty({2, dim + 1}, opts);
   std::array<at::Tensor, 5> losses;  // separate outputs: a custom op's outputs may not alias
@@ -376,7 +378,7 @@ ForwardOut dgs_forward_cuda(const at::Tensor& f_in, const at::Tensor& ft_in, con
     p.eps = static_cast<acc_t>(eps);
     p.with_align = with_align;
     p.vec = vec;
-    p.harmful = harmful.data_ptr<acc_t>();
+    p.harmful = want_harmful ? harmful.data_ptr<acc_t>() : nullptr;  // nullptr: not written
     p.coef = coef.data_ptr<acc_t>();
     p.head_sums = head_sums.data_ptr<acc_t>();
     p.total = losses[0].data_ptr<acc_t>();
@@ -397,9 +399,6 @@ ForwardOut dgs_forward_cuda(const at::Tensor& f_in, const at::Tensor& ft_in, con
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  // want_harmful=false: the rows went to a scratch matrix all the same (on a GPU the write is
-  // a small part of the pass); the output is the (0, D) the schema promises.
-  if (!want_harmful) harmful = at::empty({0, dim}, opts);
   return {losses[0], losses[1], losses[2], losses[3], losses[4], harmful, coef, head_sums};
 }
 

@@ -155,8 +155,10 @@ def _sigmoid_bce(z, y):
 def _forward_rows_kernel(f_ptr, ft_ptr, t_ptr, ld_f, ld_ft, ld_t, y_ptr, ws_ptr, wt_ptr, wx_ptr,
                          bs_ptr, bt_ptr, bx_ptr, scal_ptr, harmful_ptr, coef_ptr, rowloss_ptr, B, D,
                          B_BUCKET, HAS_BS: tl.constexpr, HAS_BT: tl.constexpr,
-                         HAS_BX: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
-    # B_BUCKET: only the autotune key
+                         HAS_BX: tl.constexpr, WANT_H: tl.constexpr, BLOCK_B: tl.constexpr,
+                         BLOCK_D: tl.constexpr):
+    # B_BUCKET: only the autotune key. WANT_H=False: the harmful rows are not written
+    # (harmful_ptr is a placeholder), the B x D store the op skips for want_harmful=False.
     pid = tl.program_id(0)
     rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
@@ -208,13 +210,14 @@ def _forward_rows_kernel(f_ptr, ft_ptr, t_ptr, ld_f, ld_ft, ld_t, y_ptr, ws_ptr,
     tl.store(rowloss_ptr + rows64 * 4 + 1, bce_x, mask=rmask)
     tl.store(rowloss_ptr + rows64 * 4 + 2, align, mask=rmask)
     tl.store(rowloss_ptr + rows64 * 4 + 3, bce_t, mask=rmask)
-    for d0 in range(0, D, BLOCK_D):
-        cols = d0 + cols0
-        cmask = cols < D
-        wx = tl.load(wx_ptr + cols, mask=cmask, other=0.0)
-        h = tl.maximum(cx[:, None] * wx[None, :], 0.0) * inv[:, None]
-        tl.store(harmful_ptr + rows64[:, None] * D + cols[None, :], h,
-                 mask=rmask[:, None] & cmask[None, :])
+    if WANT_H:
+        for d0 in range(0, D, BLOCK_D):
+            cols = d0 + cols0
+            cmask = cols < D
+            wx = tl.load(wx_ptr + cols, mask=cmask, other=0.0)
+            h = tl.maximum(cx[:, None] * wx[None, :], 0.0) * inv[:, None]
+            tl.store(harmful_ptr + rows64[:, None] * D + cols[None, :], h,
+                     mask=rmask[:, None] & cmask[None, :])
 
 
 _FORWARD_ROWS = Tuned(_forward_rows_kernel, _row_configs(), _ROW_PINNED, _ROW_INTERP, _KEY)
@@ -424,7 +427,7 @@ def dgs_forward(f, f_t, t, y, w_s, w_t, w_x, b_s, b_t, b_x, lam, eps, with_align
             raise TypeError(f"dgsnet_triton::dgs_forward: {name} must be {acc} for {f.dtype} "
                             f"features, got {x.dtype}")
     y, w_s, w_t, w_x = (x.contiguous() for x in (y, w_s, w_t, w_x))
-    harmful = f.new_empty((batch, dim), dtype=acc)
+    harmful = f.new_empty((batch if want_harmful else 0, dim), dtype=acc)
     coef = f.new_empty((batch, 4), dtype=acc)
     rowloss = f.new_empty((batch, 4), dtype=acc)
     head_sums = f.new_empty((2, dim + 1), dtype=acc)
@@ -433,21 +436,21 @@ def dgs_forward(f, f_t, t, y, w_s, w_t, w_x, b_s, b_t, b_x, lam, eps, with_align
     dummy = coef
     with on_device(f.device):
         _forward_kernels(f, f_t, t, y, w_s, w_t, w_x, b_s, b_t, b_x, harmful, coef, rowloss,
-                         head_sums, losses, dummy, scalars((lam, eps), acc, f.device), with_align)
-    if not want_harmful:  # written to scratch all the same; the schema's (0, D) output
-        harmful = f.new_empty((0, dim), dtype=acc)
+                         head_sums, losses, dummy, scalars((lam, eps), acc, f.device), with_align,
+                         bool(want_harmful))
     return (*losses, harmful, coef, head_sums)
 
 
 def _forward_kernels(f, f_t, t, y, w_s, w_t, w_x, b_s, b_t, b_x, harmful, coef, rowloss, head_sums,
-                     losses, dummy, scal, with_align):
+                     losses, dummy, scal, with_align, want_harmful=True):
     batch, dim = f.shape
     b_bucket = bucket(batch)
     _FORWARD_ROWS[lambda m: (triton.cdiv(batch, m["BLOCK_B"]),)](
         f, f_t, t, f.stride(0), f_t.stride(0), t.stride(0), y, w_s, w_t, w_x,
         dummy if b_s is None else b_s, dummy if b_t is None else b_t,
-        dummy if b_x is None else b_x, scal, harmful, coef, rowloss, batch, dim, b_bucket,
-        HAS_BS=b_s is not None, HAS_BT=b_t is not None, HAS_BX=b_x is not None)
+        dummy if b_x is None else b_x, scal, harmful if want_harmful else dummy, coef, rowloss,
+        batch, dim, b_bucket, HAS_BS=b_s is not None, HAS_BT=b_t is not None,
+        HAS_BX=b_x is not None, WANT_H=want_harmful)
     rows_per_chunk, n_chunks = _row_chunks(batch, dim, f.device)
     width = 2 * (dim + 1) + 4
     # One chunk: the column pass writes head_sums and the losses itself (two launches).
