@@ -33,6 +33,27 @@ std::vector<c10::SymInt> contiguous_strides(const at::Tensor& x) {
   return strides;
 }
 
+// The fused objective has no second derivative. Under create_graph every gradient its
+// backward returns passes through this node, connected to what the gradient depends on
+// within the node's reach (the head weights, the upstream gradients); a backward through it
+// stops with this message. (PyTorch's fallback for an op without autograd only warns and
+// gives no gradient: a silently wrong double backward.)
+class NoSecondDerivative : public torch::autograd::Function<NoSecondDerivative> {
+ public:
+  static at::Tensor forward(AutogradContext*, const at::Tensor& grad, const at::Tensor&,
+                            const at::Tensor&, const OptTensor&, const OptTensor&,
+                            const OptTensor&, const OptTensor&) {
+    return grad.clone();
+  }
+  static variable_list backward(AutogradContext*, variable_list) {
+    TORCH_CHECK(false,
+                "dgsnet's fused DGS objective (backends cpp, cuda) has no second derivative: a "
+                "backward through the gradients it returned under create_graph=True is not "
+                "supported. Use backend='reference' for double backward.");
+    return {};
+  }
+};
+
 class DgsObjectiveFunction : public torch::autograd::Function<DgsObjectiveFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& f, const at::Tensor& f_t,
@@ -76,7 +97,12 @@ class DgsObjectiveFunction : public torch::autograd::Function<DgsObjectiveFuncti
     const at::Tensor &coef = saved[0], &head_sums = saved[1], &w_s = saved[2], &w_t = saved[3],
                      &w_x = saved[4];
     at::Tensor grad_f, grad_heads;
+    // dgs_backward has no autograd kernel: through the Autograd key it would take PyTorch's
+    // boxed fallback (every argument boxed, then unboxed again: microseconds a call). It is
+    // called below autograd, straight to the kernel; under create_graph its results are
+    // wrapped in NoSecondDerivative below.
     if (ctx->needs_input_grad(0)) {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
       std::tie(grad_f, grad_heads) =
           op.call(coef, head_sums, w_s, w_t, w_x, defined_or_none(d_total), defined_or_none(d_img),
                   defined_or_none(d_text), defined_or_none(d_align),
@@ -93,6 +119,15 @@ class DgsObjectiveFunction : public torch::autograd::Function<DgsObjectiveFuncti
       };
       const at::Tensor dt = up(d_total);
       grad_heads = head_sums * at::stack({dt + up(d_img), dt + up(d_text)}).unsqueeze(1);
+    }
+    if (at::GradMode::is_enabled()) {  // create_graph: no silent second derivative
+      auto guard_grad = [&](const at::Tensor& g) {
+        return NoSecondDerivative::apply(g, w_s, w_x, defined_or_none(d_total),
+                                         defined_or_none(d_img), defined_or_none(d_text),
+                                         defined_or_none(d_align));
+      };
+      if (grad_f.defined()) grad_f = guard_grad(grad_f);
+      grad_heads = guard_grad(grad_heads);
     }
     // Each head gradient is one strided view of grad_heads (row 0: student w, b; row 1:
     // text w, b), shaped and strided like a contiguous parameter: a single op where

@@ -173,7 +173,10 @@ def dgs_objective(
             device (cuda on a GPU, cpp on the CPU, else reference);
             reference (plain PyTorch, the specification), cpp, cuda or
             triton (one fused op for the whole objective, forward and
-            backward). All agree within float tolerance (tests/surgery).
+            backward). All agree within float tolerance (tests/surgery). The
+            fused ones give first-order gradients only: a double backward
+            (create_graph=True, then a backward through those gradients)
+            raises; use reference for it.
         check_labels: verify labels are 0/1 (one device sync).
     """
     if mode not in MODES:

@@ -127,6 +127,26 @@ def test_cpp_head_gradients_are_laid_out_like_their_parameters_and_accumulate():
 
 
 @needs_ext
+@pytest.mark.parametrize("frozen_features", [False, True])
+def test_cpp_create_graph_gives_first_order_gradients_and_refuses_a_second(frozen_features):
+    """Under create_graph=True the gradients are the usual ones, but the op has no second
+    derivative: a backward through them must stop with a message naming the way out (the
+    reference backend), not return nothing as PyTorch's fallback for ops without autograd does."""
+    case = Case(6, 13, seed=8)
+    heads = case.make_heads(torch.float64)
+    f = case.f.clone().requires_grad_(not frozen_features)
+    out = dgs_objective(f, case.f_t, case.t, case.labels, *heads, backend="cpp")
+    wrt = [heads[0].weight, heads[2].weight] + ([] if frozen_features else [f])
+    grads = torch.autograd.grad(out.total, wrt, create_graph=True)
+    out = dgs_objective(f, case.f_t, case.t, case.labels, *heads, backend="cpp")
+    plain = torch.autograd.grad(out.total, wrt)
+    for g, p in zip(grads, plain):
+        assert g.requires_grad and torch.equal(g.detach(), p)
+    with pytest.raises(RuntimeError, match="no second derivative.*backend='reference'"):
+        sum(g.sum() for g in grads).backward()
+
+
+@needs_ext
 def test_cpp_half_precision_features_promote_to_float32():
     case = Case(5, 24, torch.float32, seed=10)
     got = run(case, "cpp", dtype=torch.bfloat16)
