@@ -134,8 +134,11 @@ class DgsObjectiveFunction : public torch::autograd::Function<DgsObjectiveFuncti
     // select/narrow/view took three, each a dispatcher call. Sym sizes: under
     // torch.compile with dynamic shapes D is symbolic.
     const c10::SymInt dim = w_s.sym_numel();
+    grad_heads = grad_heads.contiguous();  // no copy when it is (every kernel's output is)
+    const c10::SymInt base = grad_heads.sym_storage_offset();  // as_strided's offsets are absolute
     auto head_grad = [&](const at::Tensor& param, const c10::SymInt& offset) {
-      return grad_heads.as_strided_symint(param.sym_sizes(), contiguous_strides(param), offset);
+      return grad_heads.as_strided_symint(param.sym_sizes(), contiguous_strides(param),
+                                          base + offset);
     };
     if (ctx->needs_input_grad(0)) out[0] = grad_f;
     if (ctx->needs_input_grad(4)) out[4] = head_grad(w_s, 0);
@@ -143,9 +146,9 @@ class DgsObjectiveFunction : public torch::autograd::Function<DgsObjectiveFuncti
     // Biases are (1,)-shaped or absent; absent ones are not inputs of the node.
     static const std::vector<c10::SymInt> kOne{c10::SymInt(1)};
     if (ctx->saved_data["b_s"].toBool() && ctx->needs_input_grad(7))
-      out[7] = grad_heads.as_strided_symint(kOne, kOne, dim);
+      out[7] = grad_heads.as_strided_symint(kOne, kOne, base + dim);
     if (ctx->saved_data["b_x"].toBool() && ctx->needs_input_grad(9))
-      out[9] = grad_heads.as_strided_symint(kOne, kOne, 2 * dim + 1);
+      out[9] = grad_heads.as_strided_symint(kOne, kOne, base + 2 * dim + 1);
     return out;
   }
 };
