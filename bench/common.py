@@ -26,6 +26,11 @@ from dgsnet.device import resolve_device  # noqa: F401 (the bench scripts import
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
+# bench_surgery's speedup target per backend over the reference, at its target shapes
+# (bench_surgery_runs.py summarises runs against the same numbers).
+SPEEDUP_GOAL = {"cpp": 5, "cuda": 10, "triton": 10}
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="tiny sweep (seconds), for smoke runs")
